@@ -203,7 +203,10 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{where}: {value!r} is too large for a float") from None
         raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
     if annotation is str:
         if isinstance(value, str):
@@ -279,9 +282,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, key = lhs.strip().split(".", 1)
     rhs = rhs.strip()
     try:
-        value = tomllib.loads(f"v = {rhs}")["v"]
+        parsed = tomllib.loads(f"v = {rhs}")
     except tomllib.TOMLDecodeError:
-        value = rhs  # bare word such as s2 or cpu
+        parsed = {}
+    # Anything but exactly one TOML value (a bare word such as s2 or cpu, or text
+    # that would parse as further key/value lines) is kept as the literal string.
+    value = parsed["v"] if set(parsed) == {"v"} else rhs
     return section, key, value
 
 
@@ -301,6 +307,15 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     return cfg
 
 
+def _toml_char(c: str) -> str:
+    """One character of a TOML basic string: quote, backslash and control characters escaped."""
+    if c in ('"', "\\"):
+        return "\\" + c
+    if ord(c) < 0x20 or ord(c) == 0x7F:
+        return f"\\u{ord(c):04x}"
+    return c
+
+
 def dumps_toml(cfg: Config) -> str:
     """The config as TOML text (what `train.py` saves as config.toml in the run folder)."""
 
@@ -308,7 +323,7 @@ def dumps_toml(cfg: Config) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return '"' + "".join(_toml_char(c) for c in v) + '"'
         if isinstance(v, float):
             return repr(v)
         if isinstance(v, list):

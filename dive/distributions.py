@@ -87,7 +87,9 @@ def relaxed_bernoulli_rsample(logits: Tensor, temperature: float | Tensor, u: Te
     if not straight_through:
         return soft
     hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()
+    # (soft - soft.detach()) is exactly 0, so the forward value is exactly hard;
+    # (hard + soft) - soft.detach() would round to 1 - ulp for some soft.
+    return hard + (soft - soft.detach())
 
 
 def hard_decision(logits: Tensor) -> Tensor:

@@ -1,0 +1,135 @@
+"""The objective: DIVE's evidence lower bound, term by term.
+
+For one video with observed input frames x (T_in frames), future frames y
+(T_out frames), visibility mask v (1 where a pixel is observed) and the
+posterior q of appearance z, pose increments beta, initial pose p0 and
+presence m:
+
+    ELBO =   sum_{t<T_in, pixels} v * log N(x_t ; xhat_t^masked, sigma_x^2)     ll_input
+           + sum_{t>=T_in, pixels} v' * log N(y_t ; yhat_t, sigma_x^2)          ll_future
+           - w_app  * KL( q(z)       || N(0, sigma_z^2) )                         kl_app
+           - w_pose * KL( q(beta_in)  || N(0, sigma_beta^2) )                     kl_pose_input
+           - w_pose * KL( q(beta_fut) || N(0, sigma_beta^2) )                     kl_pose_future
+           - w_init * KL( q(p0)       || N(mu_0, diag sigma_0^2) )                kl_init
+           - w_pres * KL( Bern(sigmoid(a)) || Bern(pi) )                          kl_presence
+
+xhat^masked is the composite in which every slot is multiplied by its presence
+m; yhat the predicted future. v' is all ones, except in scenario s1 from the
+switch step on, where only the visible rows of the future count. Each w is a
+config weight times the KL warm-up weight of the step.
+
+Estimators, written down:
+* the likelihood includes its normalising constant (-log sigma_x - log(2 pi)/2
+  per pixel), as the original's, so the loss can go negative;
+* every Gaussian KL is in closed form (the original sampled log q - log p);
+* the presence KL is the analytic KL between the Bernoulli posterior
+  Bern(sigmoid(a)) and the Bernoulli prior Bern(pi), while the likelihood sees
+  the relaxed (binary Concrete) sample. This is exact for the discrete latent,
+  has no sampling variance, and does not depend on the temperature; the
+  alternative, log q - log p of the relaxed sample under two Concrete
+  densities, is noisy and is only a bound on a different model.
+
+Everything is summed over the batch; `loss` is -ELBO / (B * T * C * H * W),
+the per-element figure the original reported, and the value the optimiser
+minimises (the scale does not change Adam's steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import LossConfig
+from .distributions import bernoulli_kl, gaussian_kl, gaussian_log_prob
+
+
+@dataclass
+class ELBO:
+    """A named breakdown of the objective (every tensor a scalar summed over the batch)."""
+
+    total: Tensor  # the ELBO, sum over the batch
+    loss: Tensor  # -total / n_elements: what the optimiser minimises
+    terms: dict[str, Tensor]  # ll_input, ll_future, kl_app, kl_pose_input, kl_pose_future, kl_init, kl_presence
+    weights: dict[str, float]  # the weight that multiplied each term in `total`
+    n_elements: int  # B * T * C * H * W
+
+    def scalars(self) -> dict[str, float]:
+        """Plain floats for logging (one host sync, after the step)."""
+        out = {f"term/{k}": float(v.detach()) for k, v in self.terms.items()}
+        out.update({f"weight/{k}": float(v) for k, v in self.weights.items()})
+        out["elbo"] = float(self.total.detach())
+        out["loss"] = float(self.loss.detach())
+        return out
+
+
+def _expect(name: str, got: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(got.shape) != tuple(shape):
+        raise ValueError(f"elbo: expected {name} of shape {tuple(shape)}, got {tuple(got.shape)}")
+
+
+def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1.0,
+         future_mask: bool = False) -> ELBO:
+    """The ELBO of a batch.
+
+    Args:
+        out: the model's `DIVEOutput` for ``batch["input"]``.
+        batch: ``input`` (b t_in c h w) observed frames, ``target`` (b t_out c h w)
+            observed future frames, ``visible`` (b c h w) or (b 1 h w) observation mask.
+        cfg: likelihood std, priors and KL weights.
+        kl_weight: the KL warm-up factor of this step (schedules.kl_weight).
+        future_mask: score the future frames only where ``visible`` (scenario s1
+            from the switch step on).
+    """
+    x, y, v = batch["input"], batch["target"], batch["visible"]
+    _expect("batch['input']", x, tuple(out.input_masked.shape))
+    _expect("batch['target']", y, tuple(out.pred.shape))
+    B, T_in, C, H, W = x.shape
+    T_out = y.shape[1]
+    if v.dim() != 4 or v.shape[0] != B or v.shape[1] not in (1, C) or v.shape[-2:] != (H, W):
+        raise ValueError(f"elbo: expected batch['visible'] of shape ({B}, 1 or {C}, {H}, {W}), "
+                         f"got {tuple(v.shape)}")
+    v = v.unsqueeze(1)  # b 1 c h w: broadcast over time
+    sigma_x = torch.as_tensor(cfg.likelihood_std, dtype=x.dtype, device=x.device)
+
+    # Likelihoods in float32 even under autocast: sums of 10^6 terms.
+    xhat, yhat = out.input_masked.float(), out.pred.float()
+    ll_input = (gaussian_log_prob(x, xhat, sigma_x) * v).sum()
+    ll_future_px = gaussian_log_prob(y, yhat, sigma_x)
+    ll_future = (ll_future_px * v).sum() if future_mask else ll_future_px.sum()
+
+    t_in = out.presence_logits.shape[1]
+    init_mean = torch.tensor(cfg.init_pose_prior_mean, dtype=torch.float32, device=x.device)
+    init_std = torch.tensor(cfg.init_pose_prior_std, dtype=torch.float32, device=x.device)
+    pose_mu, pose_sigma = out.pose_mu.float(), out.pose_sigma.float()
+    terms = {
+        "ll_input": ll_input,
+        "ll_future": ll_future,
+        "kl_app": gaussian_kl(out.app_mu.float(), out.app_sigma.float(), 0.0, cfg.app_prior_std).sum(),
+        "kl_pose_input": gaussian_kl(pose_mu[:, :t_in], pose_sigma[:, :t_in], 0.0, cfg.pose_prior_std).sum(),
+        "kl_pose_future": gaussian_kl(pose_mu[:, t_in:], pose_sigma[:, t_in:], 0.0, cfg.pose_prior_std).sum(),
+        "kl_init": gaussian_kl(out.init_mu.float(), out.init_sigma.float(), init_mean, init_std).sum(),
+        "kl_presence": bernoulli_kl(out.presence_logits.float(), cfg.presence_prior).sum(),
+    }
+    weights = {
+        "ll_input": 1.0,
+        "ll_future": 1.0,
+        "kl_app": kl_weight * cfg.kl_app_weight,
+        "kl_pose_input": kl_weight * cfg.kl_pose_weight,
+        "kl_pose_future": kl_weight * cfg.kl_pose_weight,
+        "kl_init": kl_weight * cfg.kl_init_weight,
+        "kl_presence": kl_weight * cfg.kl_presence_weight,
+    }
+
+    total = (
+        weights["ll_input"] * terms["ll_input"]
+        + weights["ll_future"] * terms["ll_future"]
+        - weights["kl_app"] * terms["kl_app"]
+        - weights["kl_pose_input"] * terms["kl_pose_input"]
+        - weights["kl_pose_future"] * terms["kl_pose_future"]
+        - weights["kl_init"] * terms["kl_init"]
+        - weights["kl_presence"] * terms["kl_presence"]
+    )
+    n_elements = B * (T_in + T_out) * C * H * W
+    return ELBO(total=total, loss=-total / n_elements, terms=terms, weights=weights, n_elements=n_elements)
