@@ -1,0 +1,388 @@
+"""Video metrics, presence scores, slot-to-digit matching and trivial baselines.
+
+Shapes: ``b`` sequences, ``t`` frames, ``c h w`` an image, ``k`` object slots,
+``d`` ground-truth digits. Images are floats in [0, 1] (data range 1).
+
+Conventions (reference section 4, "Evaluation"):
+
+* **MSE / BCE** are per-frame *sums* over the scored pixels, then averaged over
+  frames and sequences. Unmasked, that is the mean per pixel times ``C*H*W``.
+  With a mask (scenario s1 scores only the visible rows) the sum runs over the
+  scored pixels only, so a half-visible frame sums over half the pixels; it is
+  *not* rescaled to a full frame. BCE clips the prediction to
+  ``[1e-4, 1 - 1e-4]``.
+* **PSNR** is ``10 log10(1 / mse)`` with ``mse`` the per-pixel MSE over a
+  sequence's scored pixels (``psnr``) or over one frame's (``psnr_per_frame``).
+  ``mse`` is floored at ``1e-10``, so PSNR is capped at **100 dB**: identical
+  images score exactly 100, never ``inf``, which keeps averages finite.
+* **SSIM** follows Wang et al. (2004) as ``skimage.metrics.structural_similarity``
+  computes it with ``gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1``: an 11 x 11 Gaussian window
+  (sigma 1.5), ``K1 = 0.01``, ``K2 = 0.03``, 'valid' filtering (only window
+  positions that lie fully inside the image, so the map is
+  ``(H - 10) x (W - 10)``), channels averaged. With a mask, the map is averaged
+  over the positions whose *window centre* is a scored pixel; windows near the
+  edge of the scored region still see a few unscored pixels.
+* **Presence**: labels and decisions are 1 = object present, 0 = missing. The
+  *missing* class is the positive class of precision, recall and F1, as the
+  tables report "presence F1 (missing class)".
+
+A frame (or sequence) with no scored pixel gets MSE = BCE = 0, PSNR = 100 and
+SSIM = 0; masks that hide whole frames are not expected.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from einops import rearrange, reduce, repeat
+from torch import Tensor
+
+BCE_CLIP = 1e-4
+PSNR_MSE_FLOOR = 1e-10  # caps PSNR at 10 * log10(1 / 1e-10) = 100 dB
+PSNR_MAX_DB = 100.0
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _expand_mask(mask: Tensor | None, like: Tensor) -> Tensor:
+    """A mask broadcast to ``like``'s shape (b t c h w), in ``like``'s dtype; all ones if None."""
+    if mask is None:
+        return torch.ones_like(like)
+    return torch.as_tensor(mask, device=like.device).to(like.dtype).expand_as(like)
+
+
+def visible_rows_mask(
+    height: int, width: int, hidden_top: int, channels: int = 1, device: torch.device | str | None = None
+) -> Tensor:
+    """Mask (c h w) that scores every row except the top ``hidden_top`` ones (scenario s1)."""
+    mask = torch.ones(channels, height, width, device=device)
+    mask[:, :hidden_top] = 0.0
+    return mask
+
+
+# --------------------------------------------------------------------------- pixel errors
+
+
+def mse_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Sum of squared errors over each frame's scored pixels.
+
+    pred, target: (b t c h w); mask: broadcastable to them. Returns (b t).
+    """
+    m = _expand_mask(mask, pred)
+    return reduce((pred - target) ** 2 * m, "b t c h w -> b t", "sum")
+
+
+def bce_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Sum of binary cross-entropy over each frame's scored pixels, prediction clipped to [1e-4, 1-1e-4].
+
+    pred, target: (b t c h w); mask: broadcastable to them. Returns (b t).
+    """
+    m = _expand_mask(mask, pred)
+    p = pred.clamp(BCE_CLIP, 1.0 - BCE_CLIP)
+    bce = -(target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
+    return reduce(bce * m, "b t c h w -> b t", "sum")
+
+
+def _psnr_from_mse(mse: Tensor) -> Tensor:
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(PSNR_MSE_FLOOR))
+
+
+def psnr_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """PSNR (dB, data range 1, capped at 100) of each frame from its per-pixel MSE. Returns (b t)."""
+    m = _expand_mask(mask, pred)
+    sse = reduce((pred - target) ** 2 * m, "b t c h w -> b t", "sum")
+    count = reduce(m, "b t c h w -> b t", "sum").clamp_min(1.0)
+    return _psnr_from_mse(sse / count)
+
+
+def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """PSNR (dB, data range 1, capped at 100) of each sequence from the per-pixel MSE over all its
+    scored pixels (all frames pooled). pred, target: (b t c h w). Returns (b).
+    """
+    m = _expand_mask(mask, pred)
+    sse = reduce((pred - target) ** 2 * m, "b t c h w -> b", "sum")
+    count = reduce(m, "b t c h w -> b", "sum").clamp_min(1.0)
+    return _psnr_from_mse(sse / count)
+
+
+# --------------------------------------------------------------------------- SSIM
+
+
+def gaussian_window_1d(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float32) -> Tensor:
+    """Normalised 1-D Gaussian taps (size); the 2-D window is their outer product."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return (g / g.sum()).to(dtype)
+
+
+def _valid_filter_matrix(size: int, taps: Tensor) -> Tensor:
+    """Banded (size-s+1, size) matrix whose row i holds the taps at columns i .. i+s-1."""
+    s = taps.shape[0]
+    rows = torch.arange(size - s + 1, device=taps.device)
+    cols = rearrange(rows, "m -> m 1") + torch.arange(s, device=taps.device)
+    mat = taps.new_zeros(size - s + 1, size)
+    mat[rearrange(rows, "m -> m 1").expand_as(cols), cols] = taps.expand_as(cols)
+    return mat
+
+
+def _filter_valid(x: Tensor, taps: Tensor) -> Tensor:
+    """Separable 'valid' filter of (n h w) images -> (n h-s+1 w-s+1).
+
+    Written as two products with banded matrices rather than a convolution:
+    batched matmul is an order of magnitude faster than float64 conv2d on CPU.
+    """
+    h, w = x.shape[-2:]
+    return _valid_filter_matrix(h, taps) @ x @ _valid_filter_matrix(w, taps).T
+
+
+def ssim_map(pred: Tensor, target: Tensor) -> Tensor:
+    """Local SSIM at every 'valid' window position.
+
+    pred, target: (b t c h w). Returns (b t c h-10 w-10); entry (i, j) belongs to
+    the window centred on pixel (i + 5, j + 5).
+    """
+    b, t, c, h, w = pred.shape
+    if h < SSIM_WINDOW or w < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {h}x{w}")
+    # Statistics are computed in float64: E[x^2] - E[x]^2 cancels badly in
+    # float32 next to C2 = 9e-4, and these images are small.
+    x = pred.to(torch.float64)
+    y = target.to(torch.float64)
+    taps = gaussian_window_1d(dtype=torch.float64).to(x.device)
+    stacked = torch.stack([x, y, x * x, y * y, x * y])  # (5 b t c h w)
+    filtered = _filter_valid(rearrange(stacked, "f b t c h w -> (f b t c) h w"), taps)
+    mu_x, mu_y, e_xx, e_yy, e_xy = rearrange(filtered, "(f b t c) h w -> f b t c h w", f=5, b=b, t=t, c=c)
+    var_x = e_xx - mu_x**2
+    var_y = e_yy - mu_y**2
+    cov = e_xy - mu_x * mu_y
+    c1 = (SSIM_K1 * 1.0) ** 2
+    c2 = (SSIM_K2 * 1.0) ** 2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).to(pred.dtype)
+
+
+def ssim_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean SSIM of each frame (channels averaged). With a mask, only window positions whose
+    centre pixel is scored count. pred, target: (b t c h w). Returns (b t).
+    """
+    smap = ssim_map(pred, target)
+    if mask is None:
+        return reduce(smap, "b t c h w -> b t", "mean")
+    r = SSIM_WINDOW // 2
+    h, w = pred.shape[-2:]
+    centres = _expand_mask(mask, pred)[..., r : h - r, r : w - r]
+    total = reduce(smap * centres, "b t c h w -> b t", "sum")
+    count = reduce(centres, "b t c h w -> b t", "sum").clamp_min(1.0)
+    return total / count
+
+
+# --------------------------------------------------------------------------- presence
+
+
+def presence_counts(decisions: Tensor, labels: Tensor) -> dict[str, int]:
+    """Confusion counts with *missing* (0) as the positive class.
+
+    decisions, labels: 0/1 tensors of one shape (e.g. b t d, slots already matched
+    to digits). Returns ints tp, fp, fn, tn.
+    """
+    if decisions.shape != labels.shape:
+        raise ValueError(f"decisions {tuple(decisions.shape)} and labels {tuple(labels.shape)} differ in shape")
+    pred_missing = decisions.round() == 0
+    true_missing = labels.round() == 0
+    return {
+        "tp": int((pred_missing & true_missing).sum()),
+        "fp": int((pred_missing & ~true_missing).sum()),
+        "fn": int((~pred_missing & true_missing).sum()),
+        "tn": int((~pred_missing & ~true_missing).sum()),
+    }
+
+
+def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """Accuracy, and precision / recall / F1 of the missing class, from confusion counts.
+
+    When nothing is missing and nothing is predicted missing, precision, recall and
+    F1 are 1 (a perfect, if vacuous, answer). Otherwise a ratio with a zero
+    denominator is 0: predicting "missing" where nothing is gives precision 0,
+    F1 0 and recall 0.
+    """
+    total = tp + fp + fn + tn
+    accuracy = (tp + tn) / total if total else 1.0
+    pred_pos, true_pos = tp + fp, tp + fn
+    if pred_pos == 0 and true_pos == 0:
+        return {"accuracy": accuracy, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+    precision = tp / pred_pos if pred_pos else 0.0
+    recall = tp / true_pos if true_pos else 0.0
+    f1 = 2 * tp / (pred_pos + true_pos)
+    return {"accuracy": accuracy, "f1": f1, "precision": precision, "recall": recall}
+
+
+def presence_scores(decisions: Tensor, labels: Tensor) -> dict[str, float]:
+    """Accuracy and missing-class precision / recall / F1 of 0/1 presence decisions."""
+    return scores_from_counts(**presence_counts(decisions, labels))
+
+
+# --------------------------------------------------------------------------- slots vs digits
+
+
+def pose_centres(pose: Tensor) -> Tensor:
+    """Object centre in normalised image coordinates ([-1, 1], x right, y down).
+
+    A pose (s, tx, ty) maps image coords p to object coords s * p + t; the object
+    centre is object coord 0, i.e. p = -t / s. The box half-size is 1 / s.
+    pose: (... 3). Returns (... 2) as (x, y).
+    """
+    s = pose[..., :1]
+    return -pose[..., 1:3] / s
+
+
+def match_slots(slot_centres: Tensor, digit_centres: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Assign each digit its own slot, minimising the mean slot-digit centre distance over frames.
+
+    slot_centres: (b t k 2); digit_centres: (b t d 2), same coordinates;
+    weights: broadcastable to (b t d), e.g. 0 on frames where a digit should not
+    count. Returns perm (b d) long: ``perm[b, j]`` is the slot that explains digit j.
+    All injective digit->slot maps are enumerated (k!/(k-d)! of them), fine for
+    the handful of slots used here.
+    """
+    b, t, k, _ = slot_centres.shape
+    d = digit_centres.shape[2]
+    if k < d:
+        raise ValueError(f"cannot match {d} digits to {k} slots: need at least as many slots as digits")
+    dist = torch.linalg.vector_norm(
+        rearrange(slot_centres, "b t k xy -> b t k 1 xy") - rearrange(digit_centres, "b t d xy -> b t 1 d xy"),
+        dim=-1,
+    )  # (b t k d)
+    if weights is None:
+        cost = reduce(dist, "b t k d -> b k d", "mean")
+    else:
+        wt = torch.as_tensor(weights, dtype=dist.dtype, device=dist.device).expand(b, t, d)
+        wt = rearrange(wt, "b t d -> b t 1 d")
+        cost = reduce(dist * wt, "b t k d -> b k d", "sum") / reduce(wt, "b t 1 d -> b 1 d", "sum").clamp_min(1e-12)
+    perms = torch.tensor(list(itertools.permutations(range(k), d)), device=cost.device)  # (p d)
+    digit_idx = repeat(torch.arange(d, device=cost.device), "d -> p d", p=perms.shape[0])
+    totals = reduce(cost[:, perms, digit_idx], "b p d -> b p", "sum")
+    return perms[totals.argmin(dim=1)]
+
+
+def gather_slots(x: Tensor, perm: Tensor) -> Tensor:
+    """Reorder per-slot values by a matching: x (b t k ...), perm (b d) -> (b t d ...)."""
+    b, t = x.shape[:2]
+    idx = perm.reshape(b, 1, -1, *([1] * (x.dim() - 3))).expand(b, t, perm.shape[1], *x.shape[3:])
+    return torch.gather(x, 2, idx)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _frame_metrics(pred: Tensor, target: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+    pred = pred.float()
+    target = target.float()
+    return {
+        "mse": mse_per_frame(pred, target, mask),
+        "bce": bce_per_frame(pred, target, mask),
+        "psnr": psnr_per_frame(pred, target, mask),
+        "ssim": ssim_per_frame(pred, target, mask),
+    }
+
+
+class MetricAccumulator:
+    """Running sums of the metrics over batches of sequences of a fixed length.
+
+    Feed (b t c h w) batches with `update` (and presence with `update_presence`);
+    `result` gives what `sequence_metrics` would give on all sequences at once:
+
+    * ``mse``, ``bce``, ``ssim``: per-frame values averaged over frames and sequences;
+    * ``psnr``: per-sequence PSNR (all frames pooled) averaged over sequences;
+    * ``psnr_frames``: per-frame PSNR averaged over frames and sequences;
+    * ``per_frame``: dict of curves (lists over t) of mse, bce, psnr, ssim,
+      each averaged over sequences;
+    * ``num_sequences``; and, if presence was fed, ``presence`` (accuracy,
+      missing-class f1 / precision / recall pooled over everything fed).
+    """
+
+    NAMES = ("mse", "bce", "psnr", "ssim")
+
+    def __init__(self) -> None:
+        self.num_sequences = 0
+        self.frame_sums: dict[str, Tensor] | None = None  # name -> (t) float64
+        self.psnr_seq_sum = 0.0
+        self.counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+        self.has_presence = False
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
+        per_frame = _frame_metrics(pred, target, mask)
+        sums = {name: v.double().sum(dim=0).cpu() for name, v in per_frame.items()}
+        if self.frame_sums is None:
+            self.frame_sums = sums
+        else:
+            if sums["mse"].shape != self.frame_sums["mse"].shape:
+                raise ValueError("all batches fed to one accumulator must have the same number of frames")
+            for name in self.NAMES:
+                self.frame_sums[name] += sums[name]
+        self.psnr_seq_sum += float(psnr(pred.float(), target.float(), mask).double().sum())
+        self.num_sequences += pred.shape[0]
+
+    @torch.no_grad()
+    def update_presence(self, decisions: Tensor, labels: Tensor) -> None:
+        for key, value in presence_counts(decisions, labels).items():
+            self.counts[key] += value
+        self.has_presence = True
+
+    def result(self) -> dict:
+        out: dict = {"num_sequences": self.num_sequences}
+        if self.frame_sums is not None:
+            n = self.num_sequences
+            curves = {name: (self.frame_sums[name] / n).tolist() for name in self.NAMES}
+            for name in ("mse", "bce", "ssim"):
+                out[name] = float(sum(curves[name]) / len(curves[name]))
+            out["psnr"] = self.psnr_seq_sum / n
+            out["psnr_frames"] = float(sum(curves["psnr"]) / len(curves["psnr"]))
+            out["per_frame"] = curves
+        if self.has_presence:
+            out["presence"] = scores_from_counts(**self.counts)
+        return out
+
+
+def sequence_metrics(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> dict:
+    """All metrics of one batch of sequences (b t c h w); keys as `MetricAccumulator.result`."""
+    acc = MetricAccumulator()
+    acc.update(pred, target, mask)
+    return acc.result()
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def copy_last_baseline(input_observed: Tensor, t_out: int) -> tuple[Tensor, Tensor]:
+    """Reconstruction = the observed input itself; prediction = its last frame held still.
+
+    input_observed: (b t_in c h w), as the model sees it (occlusions and missing
+    digits included, so the reconstruction shows what was hidden as hidden).
+    Returns rec (b t_in c h w) and pred (b t_out c h w).
+    """
+    rec = input_observed.clone()
+    pred = repeat(input_observed[:, -1], "b c h w -> b t c h w", t=t_out).clone()
+    return rec, pred
+
+
+def mean_frame_baseline(input_observed: Tensor, t_out: int) -> tuple[Tensor, Tensor]:
+    """Every frame, input and future, is the temporal mean of the observed input frames.
+
+    input_observed: (b t_in c h w). Returns rec (b t_in c h w) and pred (b t_out c h w).
+    """
+    t_in = input_observed.shape[1]
+    mean = reduce(input_observed, "b t c h w -> b c h w", "mean")
+    rec = repeat(mean, "b c h w -> b t c h w", t=t_in).clone()
+    pred = repeat(mean, "b c h w -> b t c h w", t=t_out).clone()
+    return rec, pred
+
