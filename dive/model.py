@@ -1,0 +1,228 @@
+"""DIVE: encode a video into per-slot pose, presence and appearance latents, decode them back.
+
+``DIVE.forward`` is the training and evaluation pass (posterior parameters,
+samples and renderings, returned as a ``DIVEOutput`` for dive/elbo.py);
+``DIVE.predict`` is the entry point for users: input frames in, imputed
+reconstruction, prediction and decomposition out.
+
+All randomness of a forward pass comes in through one dict of named noise
+tensors (``sample_noise``), so that a pass can be repeated exactly, on any
+device, and compiled without random ops inside. In eval mode no noise is used:
+latents are their posterior means, presence decisions are hard and both gamma
+dropouts are off, so eval passes are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from .config import DataConfig, ModelConfig
+from .distributions import gaussian_rsample
+from .nn.appearance import AppearanceInference
+from .nn.convnets import FrameEncoder, ObjectDecoder
+from .nn.pose import POSE_DIM, PoseInference
+from .nn.stn import constrain_pose, object_to_image
+
+
+@dataclass
+class DIVEOutput:
+    """One forward pass. T = t_in + t_out; S = image_size / 2 (object canvas)."""
+
+    input_masked: Tensor  # (b t_in c h w) slots times presence, summed, clamped at 1: compare with the observed input
+    input_rec: Tensor  # (b t_in c h w) slots summed unmasked: the imputed reconstruction
+    pred: Tensor  # (b t_out c h w) future frames
+    slots: Tensor  # (b T k c h w) each slot placed in the frame, unmasked
+    objects: Tensor  # (b T k c S S) decoded object canvases
+    pose: Tensor  # (b T k 3) constrained poses (s, tx, ty)
+    presence_logits: Tensor  # (b t_in k)
+    presence: Tensor  # (b t_in k) the m used: relaxed (or straight-through) sample in training, hard in eval
+    presence_hard: Tensor  # (b t_in k) 0/1 decisions, logits > 0
+    app_mu: Tensor  # (b T k a) appearance posterior
+    app_sigma: Tensor  # (b T k a)
+    pose_mu: Tensor  # (b T k 3) pose-increment posterior
+    pose_sigma: Tensor  # (b T k 3)
+    init_mu: Tensor  # (b k 3) initial-pose posterior (before constrain_pose)
+    init_sigma: Tensor  # (b k 3)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+_NEIGHBOUR_OFFSETS = (-1, -2, 1, 2)  # order of preference when filling a missing frame
+
+
+def fill_missing_appearance(z: Tensor, observed: Tensor) -> Tensor:
+    """Copy appearance into frames marked missing from the nearest observed neighbour.
+
+    z (b t k a), observed (b t k) 0/1. A missing (t, k) takes z[t + o, k] for
+    the first offset o in (-1, -2, +1, +2) whose frame exists and is observed;
+    with none, it keeps its own value. Batched with one gather.
+    """
+    B, T, K, A = z.shape
+    t = torch.arange(T, device=z.device)
+    offsets = torch.tensor(_NEIGHBOUR_OFFSETS, device=z.device)
+    source = t[:, None] + offsets  # (t o)
+    inside = (source >= 0) & (source < T)
+    source = source.clamp(0, T - 1)
+    valid = (observed[:, source] > 0) & inside[None, :, :, None]  # (b t o k)
+    first = valid.to(z.dtype).argmax(dim=2)  # (b t k): argmax returns the first maximum
+    chosen = torch.gather(source[None, :, :, None].expand(B, T, -1, K), 2, first.unsqueeze(2)).squeeze(2)
+    replace = (observed <= 0) & valid.any(dim=2)
+    index = torch.where(replace, chosen, t[None, :, None])  # (b t k)
+    return torch.gather(z, 1, index.unsqueeze(-1).expand(-1, -1, -1, A))
+
+
+class DIVE(nn.Module):
+    def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
+        super().__init__()
+        m, d = model_cfg, data_cfg
+        self.image_size, self.channels = d.image_size, d.channels
+        self.t_in, self.t_out = d.t_in, d.t_out
+        self.n_slots, self.app_dim, self.scale_prior = m.n_slots, m.app_dim, m.scale_prior
+        self.obj_size = d.image_size // 2
+
+        self.frame_encoder = FrameEncoder(d.channels, d.image_size, m.feat_dim, m.conv_width)
+        self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
+                                  use_imputation=m.use_imputation, straight_through=m.straight_through)
+        self.appearance = AppearanceInference(d.channels, self.obj_size, m.app_dim, m.hidden, m.dyn_dim,
+                                              m.n_slots, d.t_out, m.conv_width,
+                                              use_dynamic=m.use_dynamic_appearance)
+        self.decoder = ObjectDecoder(d.channels, self.obj_size, m.app_dim, m.conv_width)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(t_in, c, h, w) of one input video."""
+        return self.t_in, self.channels, self.image_size, self.image_size
+
+    def sample_noise(self, batch_size: int, device: torch.device | str | None = None,
+                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """All the randomness of one training pass, as named float32 tensors.
+
+        app (b T k a), pose (b T k 3), init (b k 3): N(0, 1) for the Gaussian latents;
+        presence (b t_in k): U(0, 1) for the relaxed Bernoulli;
+        imp_drop (b t_in k), app_drop (1,): U(0, 1) for the two gamma dropouts.
+        """
+        B, K, T = batch_size, self.n_slots, self.t_in + self.t_out
+        kw = dict(device=device, generator=generator)
+        return {
+            "app": torch.randn(B, T, K, self.app_dim, **kw),
+            "pose": torch.randn(B, T, K, POSE_DIM, **kw),
+            "init": torch.randn(B, K, POSE_DIM, **kw),
+            "presence": torch.rand(B, self.t_in, K, **kw),
+            "imp_drop": torch.rand(B, self.t_in, K, **kw),
+            "app_drop": torch.rand(1, **kw),
+        }
+
+    def forward(self, input: Tensor, *, temperature: float | Tensor = 1.0, gamma_app: float = 0.0,
+                gamma_imp: float = 0.0, noise: dict[str, Tensor] | None = None,
+                fill_missing: bool | None = None) -> DIVEOutput:
+        """input (b t_in c h w) in [0, 1] -> DIVEOutput.
+
+        Training mode: latents are sampled with `noise` (drawn if None), the
+        presence is relaxed at `temperature`, an observed frame is treated as
+        missing with probability `gamma_imp` and the dynamic appearance is
+        dropped for the whole batch with probability `gamma_app`.
+        Eval mode: posterior means, hard presence, no dropout; `noise`,
+        `temperature` and the gammas are ignored.
+        fill_missing (default: on in eval mode only): give frames decided
+        missing the appearance of their nearest observed neighbour.
+        """
+        B, T_in = input.shape[:2]
+        K, T = self.n_slots, self.t_in + self.t_out
+        train = self.training
+        if fill_missing is None:
+            fill_missing = not train
+        if train and noise is None:
+            noise = self.sample_noise(B, input.device)
+
+        feats = rearrange(self.frame_encoder(rearrange(input, "b t c h w -> (b t) c h w")),
+                          "(b t) d -> b t d", b=B)
+        imp_keep = (noise["imp_drop"] >= gamma_imp).to(input.dtype) if train else None
+        post = self.pose(feats, temperature=temperature, presence_u=noise["presence"] if train else None,
+                         imp_keep=imp_keep)
+
+        if train:
+            beta = gaussian_rsample(post.beta_mu, post.beta_sigma, noise["pose"])
+            init = gaussian_rsample(post.init_mu, post.init_sigma, noise["init"])
+        else:
+            beta, init = post.beta_mu, post.init_mu
+        # In float32 even under autocast: bf16 would quantise positions to a fraction of a pixel.
+        raw_pose = _at_least_float32(init).unsqueeze(1) + _at_least_float32(beta).cumsum(dim=1)
+        pose = constrain_pose(raw_pose, self.scale_prior)  # (b T k 3)
+
+        dyn_keep = (noise["app_drop"] >= gamma_app).to(input.dtype) if train else 1.0
+        app_mu, app_sigma = self.appearance(input, pose[:, :T_in], post.presence, dyn_keep)
+        z = gaussian_rsample(app_mu, app_sigma, noise["app"]) if train else app_mu
+        if fill_missing:
+            z = torch.cat([fill_missing_appearance(z[:, :T_in], post.presence_hard), z[:, T_in:]], dim=1)
+
+        objects = self.decoder(rearrange(z, "b t k a -> (b t k) a"))  # ((b T k) c S S)
+        slots = object_to_image(objects, rearrange(pose, "b t k p -> (b t k) p"), self.image_size)
+        slots = rearrange(slots, "(b t k) c h w -> b t k c h w", b=B, t=T)
+        objects = rearrange(objects, "(b t k) c h w -> b t k c h w", b=B, t=T)
+
+        # split, not slicing: slice backward would zero-fill a full-size gradient per slice
+        slots_in, slots_out = slots.split([T_in, self.t_out], dim=1)
+        m = rearrange(post.presence, "b t k -> b t k 1 1 1")
+        return DIVEOutput(
+            input_masked=(slots_in * m).sum(dim=2).clamp(max=1),
+            input_rec=slots_in.sum(dim=2).clamp(max=1),
+            pred=slots_out.sum(dim=2).clamp(max=1),
+            slots=slots,
+            objects=objects,
+            pose=pose,
+            presence_logits=post.presence_logits,
+            presence=post.presence,
+            presence_hard=post.presence_hard,
+            app_mu=app_mu,
+            app_sigma=app_sigma,
+            pose_mu=post.beta_mu,
+            pose_sigma=post.beta_sigma,
+            init_mu=post.init_mu,
+            init_sigma=post.init_sigma,
+        )
+
+    # ----------------------------------------------------------------- inference entry point
+
+    def check_input(self, input: Tensor) -> None:
+        """Raise ValueError unless `input` is a finite floating (b t_in c h w) tensor."""
+        t, c, h, w = self.input_shape
+        if not isinstance(input, Tensor):
+            raise ValueError(f"expected a torch.Tensor of shape (B, {t}, {c}, {h}, {w}), got {type(input).__name__}")
+        if input.dim() != 5 or tuple(input.shape[1:]) != (t, c, h, w):
+            got = "(" + ", ".join(["B", *map(str, input.shape[1:])]) + ")" if input.dim() >= 1 else "()"
+            raise ValueError(f"expected input of shape (B, {t}, {c}, {h}, {w}), got {got} "
+                             f"(full shape {tuple(input.shape)})")
+        if not input.is_floating_point():
+            raise ValueError(f"expected a floating-point input with values in [0, 1], got dtype {input.dtype}")
+        if not torch.isfinite(input).all():
+            raise ValueError("input contains NaN or infinite values")
+
+    @torch.no_grad()
+    def predict(self, input: Tensor) -> dict[str, Tensor]:
+        """Eval-mode pass for users: input (b t_in c h w) in [0, 1] -> dict of
+
+        reconstruction (b t_in c h w, imputed and unmasked), prediction
+        (b t_out c h w), slots (b T k c h w), pose (b T k 3), presence_prob
+        (b t_in k, sigmoid of the logits), presence (b t_in k, hard 0/1).
+        """
+        self.check_input(input)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(input)
+        finally:
+            self.train(was_training)
+        return {
+            "reconstruction": out.input_rec,
+            "prediction": out.pred,
+            "slots": out.slots,
+            "pose": out.pose,
+            "presence_prob": torch.sigmoid(out.presence_logits),
+            "presence": out.presence_hard,
+        }
