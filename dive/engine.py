@@ -1,0 +1,414 @@
+"""The training loop: device, AMP, compile, DDP, logging, checkpoints, resume.
+
+Reproducibility rests on two rules:
+
+* the training batch of step n on rank r is the list of dataset indices
+  ``[(n * world + r) * B + j for j < B]``, and every item depends only on its
+  index, so data never depends on workers, restarts or iteration order;
+* all of a step's model noise (latent samples, presence noise, the two
+  dropout tricks) comes from a generator seeded with (train.seed, n, r).
+
+So a run resumed from its checkpoint at step n computes exactly what an
+uninterrupted run computes at step n (on CPU; CUDA kernels may differ in the
+last bits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import checkpoint, schedules
+from .config import Config, architecture_diff, dumps_toml, to_dict
+from .data import build_dataset, collate
+from .elbo import elbo
+from .model import DIVE
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what was kept."""
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise TrainingError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def setup_runtime(device_name: str) -> Runtime:
+    """Single process, or one rank of a torchrun job (detected from its environment)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Runtime(device=resolve_device(device_name))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, world=world, local_rank=local_rank)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast (no loss scaling needed) or a null context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator of all model noise at one step: a pure function of (seed, step, rank)."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+    return g
+
+
+def batch_indices(step: int, batch_size: int, rank: int, world: int, length: int) -> list[int]:
+    """Dataset indices of one rank's batch at `step` (wrapping around finite datasets such as pedestrians)."""
+    start = (step * world + rank) * batch_size
+    return [i % length for i in range(start, start + batch_size)]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+
+
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Index lists of steps start..end-1 for one rank (for DataLoader workers)."""
+
+    def __init__(self, start: int, end: int, batch_size: int, rank: int, world: int, length: int):
+        self.start, self.end, self.b, self.rank, self.world, self.length = start, end, batch_size, rank, world, length
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.end):
+            yield batch_indices(step, self.b, self.rank, self.world, self.length)
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+
+def train_batches(dataset, cfg: Config, start: int, rt: Runtime) -> Iterator[dict[str, torch.Tensor]]:
+    t = cfg.train
+    if t.num_workers == 0:
+        for step in range(start, t.steps):
+            yield dataset.batch(batch_indices(step, t.batch_size, rt.rank, rt.world, len(dataset)))
+        return
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_StepBatches(start, t.steps, t.batch_size, rt.rank, rt.world, len(dataset)),
+        num_workers=t.num_workers, collate_fn=collate, pin_memory=rt.device.type == "cuda",
+        persistent_workers=False, prefetch_factor=4,
+    )
+    yield from loader
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Options:
+    """Run options that are not part of the model's config."""
+
+    out: Path
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    resume: bool = False
+    quiet: bool = False
+    stop_after: int | None = None  # optimiser steps in this invocation, then checkpoint and stop
+    time_limit: float | None = None  # seconds of training in this invocation, then checkpoint and stop
+
+
+@dataclass
+class State:
+    step: int = 0
+    best: float = math.inf
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _log(rt: Runtime, msg: str) -> None:
+    if rt.is_main:
+        print(msg, flush=True)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def build_model(cfg: Config) -> DIVE:
+    torch.manual_seed(cfg.train.seed)
+    return DIVE(cfg.model, cfg.data)
+
+
+def _checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, st: State) -> dict[str, Any]:
+    return {
+        "step": st.step,
+        "config": to_dict(cfg),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "extra": {"best": st.best, "nonfinite_total": st.nonfinite_total,
+                  "nonfinite_in_row": st.nonfinite_in_row},
+    }
+
+
+def check_resume(run_dir: Path, cfg: Config) -> tuple[dict[str, Any], list[str]]:
+    """The checkpoint to continue `run_dir` from, and the config changes since it was written.
+
+    Architecture keys must match the stored config; training keys may change.
+    """
+    path = run_dir / "latest.pt"
+    state = checkpoint.load(path)
+    stored = checkpoint.config_of(state, path)
+    diff = architecture_diff(stored, cfg)
+    if diff:
+        raise TrainingError(
+            f"cannot resume {run_dir} with a different architecture ({'; '.join(diff)}); "
+            "start a new run folder or drop those overrides"
+        )
+    return state, config_changes(stored, cfg)
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    a, b = to_dict(old), to_dict(new)
+    return [f"{s}.{k}: {a[s].get(k)!r} -> {b[s].get(k)!r}"
+            for s in b for k in sorted(set(a[s]) | set(b[s])) if a[s].get(k) != b[s].get(k)]
+
+
+def train(cfg: Config, opts: Options) -> State:
+    """Train `cfg` into run folder `opts.out` (resuming from its latest.pt when `opts.resume`)."""
+    rt = setup_runtime(opts.device)
+    out = Path(opts.out)
+    resume_state = None
+    if opts.resume:
+        resume_state, changes = check_resume(out, cfg)
+        for change in changes:
+            _log(rt, f"resume: config change {change}")
+
+    model = build_model(cfg).to(rt.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+    st = State()
+    if resume_state is not None:
+        checkpoint.load_model_state(model, resume_state, out / "latest.pt")
+        opt.load_state_dict(resume_state["optimizer"])
+        checkpoint.set_rng_state(resume_state.get("rng", {}))
+        extra = resume_state.get("extra", {})
+        st = State(step=int(resume_state["step"]), best=float(extra.get("best", math.inf)),
+                   nonfinite_total=int(extra.get("nonfinite_total", 0)),
+                   nonfinite_in_row=int(extra.get("nonfinite_in_row", 0)))
+        _log(rt, f"resumed {out} at step {st.step}")
+
+    writer = None
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(dumps_toml(cfg))
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a crashed run logged after its last checkpoint.
+        writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=st.step if opts.resume else None)
+        _trim_jsonl(out / "log.jsonl", st.step)
+        _trim_jsonl(out / "val.jsonl", st.step)
+    _log(rt, f"device {rt.device} | world {rt.world} | amp {opts.amp} | compile {opts.compile} | "
+             f"params {sum(p.numel() for p in model.parameters()):,}")
+
+    step_model: nn.Module = model
+    if rt.distributed:
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if opts.compile:
+        step_model = torch.compile(step_model)
+
+    dataset = build_dataset(cfg.data, "train", seed=cfg.data.seed)
+    val_set = build_dataset(cfg.data, "val") if rt.is_main else None
+
+    t0, step0 = time.perf_counter(), st.step
+    try:
+        for batch in train_batches(dataset, cfg, st.step, rt):
+            sched = schedules.at(st.step, cfg)
+            batch = to_device(batch, rt.device)
+            for group in opt.param_groups:
+                group["lr"] = sched.lr
+            logs = _train_step(step_model, model, opt, batch, cfg, sched, rt, opts.amp)
+            st.step += 1
+            _after_step(st, logs, cfg, rt, out, model, opt)
+            stopping = _should_stop(opts, st.step - step0, time.perf_counter() - t0, rt)
+
+            if rt.is_main:
+                if st.step % cfg.train.log_every == 0 or st.step == cfg.train.steps:
+                    rate = (st.step - step0) / max(time.perf_counter() - t0, 1e-9)
+                    eta = (cfg.train.steps - st.step) / max(rate, 1e-9)
+                    if not opts.quiet:
+                        print(f"step {st.step}/{cfg.train.steps} | loss/elem {logs['loss']:.5f} | "
+                              f"{rate:.2f} steps/s | ETA {_fmt_time(eta)}", flush=True)
+                    _write_scalars(writer, st.step, logs, sched)
+                    _append_jsonl(out / "log.jsonl", {"step": st.step, "time": time.perf_counter() - t0,
+                                                      "lr": sched.lr, "temperature": sched.temperature,
+                                                      **{k: v for k, v in logs.items() if k != "finite"}})
+                    writer.add_scalar("speed/steps_per_s", rate, st.step)
+                if st.step % cfg.train.image_every == 0:
+                    _write_images(writer, model, batch, cfg, st.step)
+                if st.step % cfg.train.eval_every == 0 or st.step == cfg.train.steps:
+                    _validate(writer, model, val_set, cfg, rt, st, out, opt)
+                if st.step % cfg.train.ckpt_every == 0 or st.step == cfg.train.steps or stopping:
+                    checkpoint.save(out / "latest.pt", _checkpoint_state(model, opt, cfg, st))
+            if stopping:
+                _log(rt, f"stopping at step {st.step} as asked; continue with --resume {out}")
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    if rt.distributed:
+        dist.barrier()
+    return st
+
+
+def _should_stop(opts: Options, steps_done: int, seconds: float, rt: Runtime) -> bool:
+    stop = opts.stop_after is not None and steps_done >= opts.stop_after
+    if opts.time_limit is not None:
+        over = torch.tensor([float(seconds >= opts.time_limit)], device=rt.device)
+        if rt.distributed:  # every rank must stop at the same step
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        stop = stop or bool(over.item())
+    return stop
+
+
+def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, amp: bool) -> dict:
+    step_model.train()
+    noise = model.sample_noise(batch["input"].shape[0], rt.device,
+                               generator=step_generator(cfg.train.seed, sched.step, rt.rank, rt.device))
+    with autocast(rt.device, amp):
+        out = step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
+                         gamma_imp=sched.gamma_imp, noise=noise)
+    e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask)
+    opt.zero_grad(set_to_none=True)
+    e.loss.backward()
+    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    finite = bool(torch.isfinite(e.loss) & torch.isfinite(grad_norm))  # the one sync of the step
+    if finite:
+        opt.step()
+    logs = e.scalars() if finite else {"loss": float("nan")}
+    logs["grad_norm"] = float(grad_norm)
+    logs["finite"] = finite
+    return logs
+
+
+def _after_step(st: State, logs: dict, cfg: Config, rt: Runtime, out: Path, model, opt) -> None:
+    if logs["finite"]:
+        st.nonfinite_in_row = 0
+        return
+    st.nonfinite_in_row += 1
+    st.nonfinite_total += 1
+    _log(rt, f"step {st.step}: non-finite loss or gradient, optimiser step skipped "
+             f"({st.nonfinite_in_row} in a row, {st.nonfinite_total} in total)")
+    if st.nonfinite_in_row >= cfg.train.max_nonfinite:
+        raise TrainingError(
+            f"{st.nonfinite_in_row} non-finite steps in a row (train.max_nonfinite = "
+            f"{cfg.train.max_nonfinite}); stopping. The last good checkpoint is kept in {out / 'latest.pt'}; "
+            "try a lower train.lr or train.grad_clip > 0"
+        )
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_jsonl(path: Path, step: int) -> None:
+    """Drop records a crashed run wrote after the checkpoint it resumes from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _write_scalars(writer, step: int, logs: dict, sched) -> None:
+    for k, v in logs.items():
+        if k != "finite":
+            writer.add_scalar(f"train/{k}", v, step)
+    writer.add_scalar("schedule/lr", sched.lr, step)
+    writer.add_scalar("schedule/kl_weight", sched.kl_weight, step)
+    writer.add_scalar("schedule/temperature", sched.temperature, step)
+    writer.add_scalar("schedule/gamma_app", sched.gamma_app, step)
+    writer.add_scalar("schedule/gamma_imp", sched.gamma_imp, step)
+    writer.add_scalar("schedule/future_mask", float(sched.future_mask), step)
+
+
+@torch.no_grad()
+def _write_images(writer, model: DIVE, batch, cfg: Config, step: int) -> None:
+    from .evaluation import picture_inputs
+    from .viz import tensorboard_grid
+
+    was_training = model.training
+    model.eval()
+    first = {k: v[:1] for k, v in batch.items()}
+    out = model(first["input"])
+    model.train(was_training)
+    writer.add_image("sequence", tensorboard_grid(**picture_inputs(first, out, 0)), step)
+
+
+def _validate(writer, model: DIVE, val_set, cfg: Config, rt: Runtime, st: State, out: Path, opt) -> None:
+    from .evaluation import evaluate
+
+    n = min(cfg.train.eval_size, len(val_set))
+    metrics = evaluate(model, val_set, cfg, n=n, batch_size=min(cfg.train.batch_size, 64), device=rt.device,
+                       baselines=False)
+    flat = {
+        "rec_mse": metrics["rec"]["mse"], "pred_mse": metrics["pred"]["mse"],
+        "rec_bce": metrics["rec"]["bce"], "pred_bce": metrics["pred"]["bce"],
+        "rec_ssim": metrics["rec"]["ssim"], "pred_ssim": metrics["pred"]["ssim"],
+        "nelbo": metrics["nelbo"], "missing_f1": metrics["missing"]["f1"],
+    }
+    for k, v in flat.items():
+        writer.add_scalar(f"val/{k}", v, st.step)
+    score = flat["rec_mse"] + flat["pred_mse"]
+    print(f"  val @ {st.step}: rec mse {flat['rec_mse']:.2f} | pred mse {flat['pred_mse']:.2f} | "
+          f"nelbo {flat['nelbo']:.4f} | missing f1 {flat['missing_f1']:.3f}", flush=True)
+    st.history.append({"step": st.step, **flat})
+    _append_jsonl(out / "val.jsonl", {"step": st.step, **flat})
+    if score < st.best:
+        st.best = score
+        checkpoint.save(out / "best.pt", _checkpoint_state(model, opt, cfg, st))

@@ -1,0 +1,158 @@
+"""Evaluation of a model on a fixed set of sequences (what evaluate.py and the validation loop run).
+
+What is scored (reference section 4, with quirk 7 fixed):
+
+* ``rec``: the unmasked, imputed reconstruction of the input frames against the
+  full input frames (everything drawn);
+* ``pred``: the predicted future frames against the full future frames;
+* ``masked_rec``: the presence-masked reconstruction against the observed input;
+* ``imputation``: on exactly the (frame, digit) pairs that were missing, the
+  squared error summed over that digit's box (digit_size x digit_size pixels at
+  its true position), between the imputed reconstruction and the full frame;
+* ``missing``: presence decisions against the true labels after matching slots
+  to digits (the assignment that keeps slot centres closest to digit centres
+  on the observed frames); for datasets without digit positions (pedestrians)
+  a frame counts as present when any slot is;
+* ``nelbo``: -ELBO per element. The model is in eval mode, so the latents are at
+  their posterior means and presence decisions are hard: this is the ELBO's
+  value at the mean, deterministic, with every KL in closed form;
+* ``baselines``: the same ``rec`` / ``pred`` for copy-last-observed-frame and
+  mean-frame predictors on the same sequences.
+
+In scenario s1 only the visible rows are scored (`visible`), as the original.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor
+
+from .config import Config
+from .elbo import elbo
+from .metrics import (MetricAccumulator, copy_last_baseline, gather_slots, match_slots, mean_frame_baseline,
+                      pose_centres)
+
+
+def _score_mask(batch: dict[str, Tensor], cfg: Config) -> Tensor | None:
+    """(b 1 c h w) mask of scored pixels: the visible rows in s1, everything otherwise."""
+    if cfg.data.dataset == "moving_mnist" and cfg.data.resolved("hidden_rows") > 0:
+        return batch["visible"].unsqueeze(1)
+    return None
+
+
+def _digit_boxes(positions: Tensor, image_size: int, digit_size: int) -> Tensor:
+    """(b t d h w) 0/1 masks of each digit's box, from centres in normalised coordinates."""
+    centre_px = (positions + 1) / 2 * image_size  # continuous pixel coordinates
+    top_left = torch.round(centre_px - digit_size / 2)
+    grid = torch.arange(image_size, device=positions.device, dtype=positions.dtype)
+    in_x = (grid >= top_left[..., 0:1]) & (grid < top_left[..., 0:1] + digit_size)  # b t d w
+    in_y = (grid >= top_left[..., 1:2]) & (grid < top_left[..., 1:2] + digit_size)  # b t d h
+    return (in_y.unsqueeze(-1) & in_x.unsqueeze(-2)).to(positions.dtype)
+
+
+def presence_alignment(out, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Decisions and labels of the same shape: per digit (slots matched) or per frame."""
+    labels = batch["present"]
+    decisions = out.presence_hard
+    positions = batch.get("positions")
+    t_in = decisions.shape[1]
+    if positions is None or positions.shape[2] == 0 or positions.shape[2] != labels.shape[2]:
+        frame_present = decisions.amax(dim=2, keepdim=True)
+        return frame_present, labels.amin(dim=2, keepdim=True)
+    perm = match_slots(pose_centres(out.pose[:, :t_in].float()), positions[:, :t_in].float(),
+                       weights=labels.float())
+    return gather_slots(decisions, perm), labels
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: int = 64,
+             device: torch.device | str = "cpu", baselines: bool = True, amp: bool = False) -> dict:
+    """Score `model` on the first `n` sequences of `dataset` (all of them by default)."""
+    device = torch.device(device)
+    n = len(dataset) if n is None else min(n, len(dataset))
+    was_training = model.training
+    model.eval()
+    acc = {"rec": MetricAccumulator(), "pred": MetricAccumulator(), "masked_rec": MetricAccumulator()}
+    base = {name: {"rec": MetricAccumulator(), "pred": MetricAccumulator()}
+            for name in ("copy_last", "mean_frame")} if baselines else {}
+    presence = MetricAccumulator()
+    neg_elbo, n_elements = 0.0, 0
+    imp_sum, imp_count = 0.0, 0
+    t_out = cfg.data.t_out
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
+        if amp:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                out = model(batch["input"])
+        else:
+            out = model(batch["input"])
+        mask = _score_mask(batch, cfg)
+        acc["rec"].update(out.input_rec, batch["input_full"], mask)
+        acc["pred"].update(out.pred, batch["target_full"], mask)
+        acc["masked_rec"].update(out.input_masked, batch["input"], batch["visible"].unsqueeze(1))
+        e = elbo(out, batch, cfg.loss, future_mask=mask is not None)
+        neg_elbo += -float(e.total)
+        n_elements += e.n_elements
+        presence.update_presence(*presence_alignment(out, batch))
+
+        if "positions" in batch and batch["positions"].shape[2] == batch["present"].shape[2]:
+            boxes = _digit_boxes(batch["positions"][:, : cfg.data.t_in].float(), cfg.data.image_size,
+                                 cfg.data.digit_size)  # b t d h w
+            missing = (batch["present"] < 0.5).float()  # b t d
+            err = ((out.input_rec.float() - batch["input_full"]) ** 2).sum(dim=2)  # b t h w
+            per_digit = (err.unsqueeze(2) * boxes).sum(dim=(-2, -1))  # b t d
+            imp_sum += float((per_digit * missing).sum())
+            imp_count += int(missing.sum())
+
+        for name, fn in (("copy_last", copy_last_baseline), ("mean_frame", mean_frame_baseline)):
+            if baselines:
+                rec, pred = fn(batch["input"], t_out)
+                base[name]["rec"].update(rec, batch["input_full"], mask)
+                base[name]["pred"].update(pred, batch["target_full"], mask)
+    model.train(was_training)
+
+    def summary(a: MetricAccumulator) -> dict:
+        r = a.result()
+        return {k: r[k] for k in ("bce", "mse", "psnr", "ssim")}
+
+    rec, pred = acc["rec"].result(), acc["pred"].result()
+    result = {
+        "rec": summary(acc["rec"]),
+        "pred": summary(acc["pred"]),
+        "masked_rec": summary(acc["masked_rec"]),
+        "nelbo": neg_elbo / max(n_elements, 1),
+        "imputation": {"mse_per_missing_digit": imp_sum / imp_count if imp_count else None,
+                       "num_missing": imp_count},
+        "missing": presence.result().get("presence", {}),
+        "per_frame": {"rec": rec["per_frame"], "pred": pred["per_frame"]},
+        "num_sequences": n,
+    }
+    if baselines:
+        result["baselines"] = {name: {"rec": summary(b["rec"]), "pred": summary(b["pred"])}
+                               for name, b in base.items()}
+    return result
+
+
+def picture_inputs(batch: dict[str, Tensor], out, i: int, with_future: bool = True) -> dict:
+    """Keyword arguments of `viz.sequence_grid` for sequence `i` of a batch.
+
+    Ground-truth row: the observed input frames (what the model saw), then the
+    full future frames; output row: the imputed reconstruction, then the prediction.
+    """
+    gt = batch["input"][i]
+    output = out.input_rec[i]
+    if with_future and "target_full" in batch:
+        gt = torch.cat([gt, batch["target_full"][i]])
+        output = torch.cat([output, out.pred[i]])
+    elif with_future:
+        output = torch.cat([output, out.pred[i]])
+        gt = torch.cat([gt, torch.zeros_like(out.pred[i])])
+    t = gt.shape[0]
+    return {
+        "gt": gt.float().cpu(), "slots": out.slots[i, :t].float().cpu(), "output": output.float().cpu(),
+        "pose": out.pose[i, :t].float().cpu(), "presence": out.presence_hard[i].float().cpu(),
+        "labels": batch["present"][i].float().cpu() if "present" in batch else None,
+        "t_in": batch["input"].shape[1],
+    }

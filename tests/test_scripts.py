@@ -1,0 +1,153 @@
+"""train.py and evaluate.py run from the command line, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.toml"
+
+
+def run(*args: str, check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    run("train.py", "--config", str(SMOKE), "--out", str(out), "--device", "cpu",
+        "--set", "train.log_every=1")
+    return out
+
+
+def test_smoke_run_writes_everything(smoke_run: Path):
+    for name in ("latest.pt", "best.pt", "config.toml", "log.jsonl", "val.jsonl"):
+        assert (smoke_run / name).is_file(), name
+    assert any((smoke_run / "tb").iterdir())
+    recorded = losses(smoke_run)
+    assert sorted(recorded) == list(range(1, 7))
+    assert all(math.isfinite(v) for v in recorded.values())
+    state = torch.load(smoke_run / "latest.pt", weights_only=True)
+    assert state["step"] == 6 and state["config"]["train"]["steps"] == 6
+
+
+def test_evaluate_end_to_end(smoke_run: Path, tmp_path: Path):
+    out = tmp_path / "eval"
+    run("evaluate.py", "--ckpt", str(smoke_run / "latest.pt"), "--out", str(out), "--n", "8",
+        "--examples", "2", "--device", "cpu")
+    metrics = json.loads((out / "metrics.json").read_text())
+    for part in ("rec", "pred"):
+        for key in ("bce", "mse", "psnr", "ssim"):
+            assert math.isfinite(metrics[part][key]), (part, key)
+            for base in ("copy_last", "mean_frame"):
+                assert math.isfinite(metrics["baselines"][base][part][key])
+    assert math.isfinite(metrics["nelbo"])
+    assert 0 <= metrics["missing"]["accuracy"] <= 1 and 0 <= metrics["missing"]["f1"] <= 1
+    assert metrics["num_sequences"] == 8 and metrics["step"] == 6 and metrics["scenario"] == "s3"
+    assert len(metrics["per_frame"]["rec"]["mse"]) == 6 and len(metrics["per_frame"]["pred"]["mse"]) == 2
+    assert metrics["imputation"]["num_missing"] > 0
+    for name in ("results.md", "per_frame.png", "examples/seq_000.png", "examples/seq_001.gif"):
+        assert (out / name).is_file(), name
+    table = (out / "results.md").read_text()
+    assert "copy last observed frame" in table and "MSE Pred" in table
+
+
+def test_evaluate_own_video(smoke_run: Path, tmp_path: Path):
+    video = np.random.default_rng(0).random((6, 64, 64), dtype=np.float32)
+    np.save(tmp_path / "video.npy", video)
+    out = tmp_path / "mine"
+    run("evaluate.py", "--ckpt", str(smoke_run / "latest.pt"), "--out", str(out), "--input",
+        str(tmp_path / "video.npy"), "--examples", "1", "--device", "cpu")
+    result = np.load(out / "output.npz", allow_pickle=False)
+    assert result["reconstruction"].shape == (1, 6, 1, 64, 64)
+    assert result["prediction"].shape == (1, 2, 1, 64, 64)
+    assert (out / "examples" / "seq_000.png").is_file()
+
+    np.save(tmp_path / "bad.npy", video[:, :32])
+    proc = run("evaluate.py", "--ckpt", str(smoke_run / "latest.pt"), "--out", str(out), "--input",
+               str(tmp_path / "bad.npy"), check=False)
+    assert proc.returncode == 1 and "expected frames of shape" in proc.stderr
+
+
+def test_resume_equals_uninterrupted(smoke_run: Path, tmp_path: Path):
+    out = tmp_path / "interrupted"
+    common = ("--config", str(SMOKE), "--device", "cpu", "--set", "train.log_every=1")
+    run("train.py", *common, "--out", str(out), "--stop-after", "2")
+    assert sorted(losses(out)) == [1, 2]
+    run("train.py", "--resume", str(out), "--device", "cpu")
+    assert losses(out) == losses(smoke_run)  # exact float equality, every step
+
+
+def test_checkpoint_round_trip(smoke_run: Path):
+    from dive import checkpoint
+    from dive.engine import build_model
+
+    state = checkpoint.load(smoke_run / "latest.pt")
+    cfg = checkpoint.config_of(state)
+    model = build_model(cfg)
+    checkpoint.load_model_state(model, state)
+    model.eval()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state["model"][name]), name
+    x = torch.rand(2, cfg.data.t_in, 1, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a.pred, b.pred)
+
+
+def test_torchrun_two_processes_only_rank0_writes(tmp_path: Path):
+    out = tmp_path / "ddp"
+    run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+        "--config", str(SMOKE), "--out", str(out), "--device", "cpu", "--set", "train.steps=2",
+        "--set", "train.log_every=1", "--set", "train.eval_every=2", env_extra={"OMP_NUM_THREADS": "1"})
+    assert sorted(losses(out)) == [1, 2]  # one record per step: a second writer would duplicate them
+    assert len(list((out / "tb").glob("events.*"))) == 1
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("[train\nsteps = 3", "not valid TOML"),
+        ("[train]\nstepz = 3", "valid keys in [train]"),
+        ("[train]\nsteps = 'many'", "train.steps: expected an integer"),
+        ("[trian]\nsteps = 3", "unknown config section"),
+        ("[train]\nlr = -1.0", "train.lr = -1.0 is not allowed"),
+    ],
+)
+def test_bad_config_exits_with_clear_error(tmp_path: Path, content: str, needle: str):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    proc = run("train.py", "--config", str(path), "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_override_and_missing_checkpoint(tmp_path: Path):
+    proc = run("train.py", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "--set", "model.n_slots=0",
+               check=False)
+    assert proc.returncode == 2 and "model.n_slots = 0 is not allowed" in proc.stderr
+    proc = run("evaluate.py", "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e"), check=False)
+    assert proc.returncode == 1 and "checkpoint not found" in proc.stderr
+    proc = run("train.py", "--resume", str(tmp_path / "nothing"), check=False)
+    assert proc.returncode == 1 and "checkpoint not found" in proc.stderr
