@@ -24,7 +24,8 @@ import torch
 from dive import checkpoint
 from dive.config import ConfigError
 from dive.data import DataError, build_dataset, load_test_set
-from dive.engine import TrainingError, build_model, resolve_device
+from dive.engine import build_model, resolve_device
+from dive.errors import DIVEError
 from dive.evaluation import evaluate, picture_inputs
 from dive.viz import animation_frames, plot_curves, save_gif, save_png, sequence_grid
 
@@ -50,19 +51,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.examples < 0:
+        p.error(f"--examples must be at least 0, got {args.examples}")
     return args
 
 
 def load_video(path: Path, cfg) -> torch.Tensor:
-    """A user's observed frames as float32 (b t_in c h w) in [0, 1], validated against the model's config."""
+    """A user's observed frames as float32 (b t_in c h w) in [0, 1], validated against the model's config.
+
+    Read without pickle; the DataError for a wrong file says what was expected and what was found.
+    """
     d = cfg.data
     if not path.is_file():
         raise DataError(f"--input {path}: file not found")
     try:
         arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise DataError(f"--input {path}: not a plain .npy array ({e})") from None
+    except (ValueError, OSError, EOFError) as e:  # pickled (object) arrays are refused here, unread
+        raise DataError(f"--input {path}: not a plain .npy array of numbers ({e})") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
+        arr.close()
         raise DataError(f"--input {path}: expected a .npy array, got an .npz archive")
     orig_shape = tuple(arr.shape)
     if arr.dtype == np.uint8:
@@ -77,6 +84,8 @@ def load_video(path: Path, cfg) -> torch.Tensor:
     if arr.ndim != 5 or tuple(arr.shape[1:]) != expected:
         raise DataError(f"--input {path}: expected frames of shape (B, {', '.join(map(str, expected))}) "
                         f"(or without B / C), got {orig_shape}")
+    if arr.shape[0] < 1:
+        raise DataError(f"--input {path}: holds no video (shape {orig_shape})")
     if not np.isfinite(arr).all():
         raise DataError(f"--input {path}: contains NaN or infinite values")
     if arr.min() < 0 or arr.max() > 1:
@@ -153,18 +162,23 @@ def main(argv=None) -> int:
                     title=f"Per-frame MSE, {metrics['scenario']}, {metrics['num_sequences']} sequences",
                     xlabel="frame", ylabel="MSE (sum over pixels)", vline=cfg.data.t_in - 0.5,
                     vline_label="input | future")
-        idx = list(range(min(args.examples, len(dataset))))
-        batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
-        with torch.no_grad():
-            out = model(batch["input"])
-        write_pictures(args.out, batch, out, args.examples)
+        if args.examples > 0:
+            idx = list(range(min(args.examples, len(dataset))))
+            batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
+            with torch.no_grad():
+                out = model(batch["input"])
+            write_pictures(args.out, batch, out, args.examples)
         print(results_table(metrics))
         print(f"wrote {args.out}/metrics.json, results.md, per_frame.png, examples/")
     except ConfigError as e:
         print(f"error: config: {e}", file=sys.stderr)
         return 2
-    except (checkpoint.CheckpointError, DataError, TrainingError) as e:
+    except DIVEError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # --out cannot be written (read-only, disk full)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: cannot write results: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from dive import checkpoint, config
-from dive.data import DataError
-from dive.engine import Options, TrainingError, train
+from dive.engine import Options, train
+from dive.errors import DIVEError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,8 +75,12 @@ def main(argv=None) -> int:
     except config.ConfigError as e:
         print(f"error: config: {e}", file=sys.stderr)
         return 2
-    except (checkpoint.CheckpointError, TrainingError, DataError) as e:
+    except DIVEError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the run folder cannot be written (read-only, disk full) outside a checkpoint save
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: cannot write the run folder: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

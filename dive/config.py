@@ -14,6 +14,7 @@ every checkpoint (`to_dict` / `from_dict`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -21,14 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A configuration value, key or file is wrong. The message says which and what is allowed."""
 
 
 SCENARIOS = ("s1", "s2", "s3", "none")
@@ -349,6 +348,12 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Reject out-of-range values, naming the key, the value and what is allowed."""
+    # NaN passes no comparison and inf passes every lower bound, so range checks alone would let them through.
+    for section in SECTIONS:
+        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            items = value if isinstance(value, list) else [value]
+            _require(all(math.isfinite(v) for v in items if isinstance(v, float)), f"{section}.{key}", value,
+                     "finite numbers only")
     d, m, l, s, t = cfg.data, cfg.model, cfg.loss, cfg.schedule, cfg.train
     _require(d.dataset in ("moving_mnist", "pedestrians"), "data.dataset", d.dataset,
              "one of moving_mnist, pedestrians")

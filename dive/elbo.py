@@ -36,6 +36,8 @@ minimises (the scale does not change Adam's steps).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,7 @@ from torch import Tensor
 
 from .config import LossConfig
 from .distributions import bernoulli_kl, gaussian_kl, gaussian_log_prob
+from .errors import InputError
 
 
 @dataclass
@@ -64,13 +67,48 @@ class ELBO:
         return out
 
 
+_OUT_FIELDS = ("input_masked", "pred", "presence_logits", "app_mu", "app_sigma", "pose_mu", "pose_sigma",
+               "init_mu", "init_sigma")
+
+
 def _expect(name: str, got: Tensor, shape: tuple[int, ...]) -> None:
     if tuple(got.shape) != tuple(shape):
-        raise ValueError(f"elbo: expected {name} of shape {tuple(shape)}, got {tuple(got.shape)}")
+        raise InputError(f"elbo: expected {name} of shape {tuple(shape)}, got {tuple(got.shape)}")
+
+
+def _check_args(out, batch, cfg, kl_weight) -> None:
+    missing = [f for f in _OUT_FIELDS if not isinstance(getattr(out, f, None), Tensor)]
+    if missing:
+        raise InputError(f"elbo: `out` must be the model's DIVEOutput; it lacks tensors {missing}")
+    if not isinstance(cfg, LossConfig):
+        raise InputError(f"elbo: cfg must be a dive.config.LossConfig, got {type(cfg).__name__}")
+    if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not 0 <= kl_weight < math.inf:
+        raise InputError(f"elbo: kl_weight must be a finite number >= 0, got {kl_weight!r}")
+    if not isinstance(batch, Mapping):
+        raise InputError(f"elbo: batch must be a dict with input, target and visible, got {type(batch).__name__}")
+    for key in ("input", "target", "visible"):
+        value = batch.get(key)
+        if not isinstance(value, Tensor):
+            raise InputError(f"elbo: batch[{key!r}] must be a tensor, got {type(value).__name__}")
+        if not (value.is_floating_point() or (key == "visible" and value.dtype == torch.bool)):
+            raise InputError(f"elbo: batch[{key!r}] must be floating point with values in [0, 1], "
+                             f"got dtype {value.dtype}")
+
+
+def _check_values(batch) -> None:
+    for key in ("input", "target", "visible"):
+        value = batch[key]
+        if value.dtype == torch.bool or value.numel() == 0:
+            continue
+        if not torch.isfinite(value).all():
+            raise InputError(f"elbo: batch[{key!r}] contains NaN or infinite values")
+        lo, hi = value.min().item(), value.max().item()
+        if lo < 0 or hi > 1:
+            raise InputError(f"elbo: batch[{key!r}] must have values in [0, 1], found [{lo:.4g}, {hi:.4g}]")
 
 
 def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1.0,
-         future_mask: bool = False) -> ELBO:
+         future_mask: bool = False, check_values: bool = True) -> ELBO:
     """The ELBO of a batch.
 
     Args:
@@ -81,15 +119,25 @@ def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1
         kl_weight: the KL warm-up factor of this step (schedules.kl_weight).
         future_mask: score the future frames only where ``visible`` (scenario s1
             from the switch step on).
+        check_values: check that the batch is finite and in [0, 1]. This reads
+            every pixel (a host sync on CUDA); the training loop, whose batches
+            come from the package's own datasets, turns it off.
+
+    Raises InputError naming the argument, what was expected and what was found.
     """
+    _check_args(out, batch, cfg, kl_weight)
     x, y, v = batch["input"], batch["target"], batch["visible"]
+    if x.dim() != 5:
+        raise InputError(f"elbo: expected batch['input'] of shape (B, T_in, C, H, W), got {tuple(x.shape)}")
     _expect("batch['input']", x, tuple(out.input_masked.shape))
     _expect("batch['target']", y, tuple(out.pred.shape))
     B, T_in, C, H, W = x.shape
     T_out = y.shape[1]
     if v.dim() != 4 or v.shape[0] != B or v.shape[1] not in (1, C) or v.shape[-2:] != (H, W):
-        raise ValueError(f"elbo: expected batch['visible'] of shape ({B}, 1 or {C}, {H}, {W}), "
+        raise InputError(f"elbo: expected batch['visible'] of shape ({B}, 1 or {C}, {H}, {W}), "
                          f"got {tuple(v.shape)}")
+    if check_values:
+        _check_values(batch)
     v = v.unsqueeze(1)  # b 1 c h w: broadcast over time
     sigma_x = torch.as_tensor(cfg.likelihood_std, dtype=x.dtype, device=x.device)
 

@@ -32,12 +32,10 @@ from torch import nn
 from . import checkpoint, schedules
 from .config import Config, architecture_diff, dumps_toml, to_dict
 from .data import build_dataset, collate
+from .data.common import atomic_write
 from .elbo import elbo
+from .errors import CheckpointError, TrainingError
 from .model import DIVE
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what was kept."""
 
 
 # --------------------------------------------------------------------------- environment
@@ -233,18 +231,26 @@ def train(cfg: Config, opts: Options) -> State:
     st = State()
     if resume_state is not None:
         checkpoint.load_model_state(model, resume_state, out / "latest.pt")
-        opt.load_state_dict(resume_state["optimizer"])
-        checkpoint.set_rng_state(resume_state.get("rng", {}))
-        extra = resume_state.get("extra", {})
-        st = State(step=int(resume_state["step"]), best=float(extra.get("best", math.inf)),
-                   nonfinite_total=int(extra.get("nonfinite_total", 0)),
-                   nonfinite_in_row=int(extra.get("nonfinite_in_row", 0)))
+        try:
+            opt.load_state_dict(resume_state["optimizer"])
+            checkpoint.set_rng_state(resume_state.get("rng", {}))
+            extra = resume_state.get("extra", {})
+            st = State(step=int(resume_state["step"]), best=float(extra.get("best", math.inf)),
+                       nonfinite_total=int(extra.get("nonfinite_total", 0)),
+                       nonfinite_in_row=int(extra.get("nonfinite_in_row", 0)))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"{out / 'latest.pt'}: its optimiser, RNG or step state cannot be restored "
+                                  f"({type(e).__name__}: {reason})") from None
         _log(rt, f"resumed {out} at step {st.step}")
 
     writer = None
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(dumps_toml(cfg))
+        for name in ("latest.pt", "best.pt"):
+            checkpoint.remove_partial(out / name)  # left by a save that was killed
+        text = dumps_toml(cfg).encode()
+        atomic_write(out / "config.toml", lambda f: f.write(text))
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a crashed run logged after its last checkpoint.
@@ -319,10 +325,17 @@ def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, 
     step_model.train()
     noise = model.sample_noise(batch["input"].shape[0], rt.device,
                                generator=step_generator(cfg.train.seed, sched.step, rt.rank, rt.device))
+    # The forward pass updates the BatchNorm running statistics before anyone knows whether the step
+    # is finite; a skipped step must not keep that update (NaN statistics would poison every later
+    # eval pass and checkpoint). The buffers are a few small vectors; a clone each step costs little.
+    buffers = list(model.buffers())
+    saved = [b.clone() for b in buffers]
     with autocast(rt.device, amp):
         out = step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
                          gamma_imp=sched.gamma_imp, noise=noise)
-    e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask)
+    # Batches come from the package's datasets, which produce values in [0, 1]; a value check would
+    # cost a second host sync per step, and a bad value still ends up as a skipped non-finite step.
+    e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask, check_values=False)
     opt.zero_grad(set_to_none=True)
     e.loss.backward()
     max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
@@ -330,6 +343,10 @@ def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, 
     finite = bool(torch.isfinite(e.loss) & torch.isfinite(grad_norm))  # the one sync of the step
     if finite:
         opt.step()
+    else:
+        with torch.no_grad():
+            for b, old in zip(buffers, saved):
+                b.copy_(old)
     logs = e.scalars() if finite else {"loss": float("nan")}
     logs["grad_norm"] = float(grad_norm)
     logs["finite"] = finite
@@ -345,10 +362,12 @@ def _after_step(st: State, logs: dict, cfg: Config, rt: Runtime, out: Path, mode
     _log(rt, f"step {st.step}: non-finite loss or gradient, optimiser step skipped "
              f"({st.nonfinite_in_row} in a row, {st.nonfinite_total} in total)")
     if st.nonfinite_in_row >= cfg.train.max_nonfinite:
+        latest = out / "latest.pt"
+        kept = (f"the last good checkpoint is kept in {latest}" if latest.exists()
+                else "no checkpoint was written before the failure")
         raise TrainingError(
             f"{st.nonfinite_in_row} non-finite steps in a row (train.max_nonfinite = "
-            f"{cfg.train.max_nonfinite}); stopping. The last good checkpoint is kept in {out / 'latest.pt'}; "
-            "try a lower train.lr or train.grad_clip > 0"
+            f"{cfg.train.max_nonfinite}); stopping: {kept}. Try a lower train.lr or train.grad_clip > 0"
         )
 
 
@@ -361,8 +380,16 @@ def _trim_jsonl(path: Path, step: int) -> None:
     """Drop records a crashed run wrote after the checkpoint it resumes from."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = "".join(line + "\n" for line in path.read_text().splitlines() if _step_of(line) <= step).encode()
+    atomic_write(path, lambda f: f.write(keep))  # a kill during the rewrite must not empty the log
+
+
+def _step_of(line: str) -> float:
+    # A kill during an append leaves a torn last line: it belongs to no finished step.
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _write_scalars(writer, step: int, logs: dict, sched) -> None:

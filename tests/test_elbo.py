@@ -161,13 +161,14 @@ def test_hidden_input_pixels_do_not_count():
     out, batch, cfg = make_out(requires_grad=False), make_batch(), make_cfg()
     base = elbo(out, batch, cfg).terms["ll_input"]
 
+    # 100 is outside the [0, 1] the value check asks for: it is off so that one pixel moves the sum a lot
     changed = dict(batch, input=batch["input"].clone())
     changed["input"][:, :, :, :HIDDEN_ROWS] = 100.0  # far from any prediction
-    assert torch.equal(elbo(out, changed, cfg).terms["ll_input"], base)
+    assert torch.equal(elbo(out, changed, cfg, check_values=False).terms["ll_input"], base)
 
     # whereas a visible pixel does count
     changed["input"][0, 0, 0, HIDDEN_ROWS, 0] = 100.0
-    assert elbo(out, changed, cfg).terms["ll_input"] < base - 1000
+    assert elbo(out, changed, cfg, check_values=False).terms["ll_input"] < base - 1000
 
     # and the prediction at hidden pixels does not matter either
     out2 = SimpleNamespace(**vars(out))
@@ -181,10 +182,12 @@ def test_future_mask_excludes_hidden_future_pixels_only_when_on():
     changed = dict(batch, target=batch["target"].clone())
     changed["target"][:, :, :, :HIDDEN_ROWS] = 100.0
 
-    masked, masked2 = (elbo(out, b, cfg, future_mask=True).terms["ll_future"] for b in (batch, changed))
+    masked, masked2 = (elbo(out, b, cfg, future_mask=True, check_values=False).terms["ll_future"]
+                       for b in (batch, changed))
     assert torch.equal(masked, masked2)
 
-    unmasked, unmasked2 = (elbo(out, b, cfg, future_mask=False).terms["ll_future"] for b in (batch, changed))
+    unmasked, unmasked2 = (elbo(out, b, cfg, future_mask=False, check_values=False).terms["ll_future"]
+                           for b in (batch, changed))
     assert unmasked2 < unmasked - 1000
     assert not torch.equal(masked, unmasked)
 
@@ -195,9 +198,9 @@ def test_per_channel_visibility():
     base = elbo(out, batch, cfg).terms["ll_input"]
     changed = dict(batch, input=batch["input"].clone())
     changed["input"][:, :, 0, -1] = 100.0  # hidden in channel 0
-    assert torch.equal(elbo(out, changed, cfg).terms["ll_input"], base)
+    assert torch.equal(elbo(out, changed, cfg, check_values=False).terms["ll_input"], base)
     changed["input"][:, :, 1, -1] = 100.0  # visible in channel 1
-    assert elbo(out, changed, cfg).terms["ll_input"] < base - 1000
+    assert elbo(out, changed, cfg, check_values=False).terms["ll_input"] < base - 1000
 
 
 def test_gradient_reaches_every_field():

@@ -25,15 +25,18 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..config import Config, ConfigError, DataConfig, from_dict, validate
+from ..errors import DataError, DataIndexError
 
 __all__ = [
     "SPLITS",
     "BatchedDataset",
     "ConfigError",
     "DataError",
+    "DataIndexError",
     "ItemBatch",
     "atomic_write",
     "check_indices",
+    "check_int",
     "check_split",
     "collate",
     "from_uint8",
@@ -47,10 +50,6 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 _MAX_SHUFFLE = 100_000_000
-
-
-class DataError(ValueError):
-    """Data that cannot be read or used. The message names the file or setting and the problem."""
 
 
 # ---------------------------------------------------------------------------
@@ -93,18 +92,47 @@ def per_item_uniforms(stream: str, split: str, seed: int, indices: Sequence[int]
 
 
 def check_indices(indices: Iterable[Any], length: int) -> list[int]:
-    """Indices as ints in [0, length); negative ones count from the end, as for a list."""
+    """Indices as ints in [0, length); negative ones count from the end, as for a list.
+
+    Raises DataError unless `indices` is a non-empty sequence of integers
+    (DataIndexError, also an IndexError, for one out of range).
+    """
+    if isinstance(indices, (str, bytes)):
+        raise DataError(f"indices must be a sequence of integers, got {type(indices).__name__} {indices!r}")
+    try:
+        items = list(indices)
+    except TypeError:
+        raise DataError(f"indices must be a sequence of integers, got {type(indices).__name__}") from None
+    if not items:
+        raise DataError("indices must name at least one item, got an empty sequence")
     out = []
-    for i in indices:
-        i = operator.index(i)
+    for i in items:
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise DataError(f"indices must be integers, got {type(i).__name__} {i!r}") from None
         if not -length <= i < length:
-            raise IndexError(f"index {i} out of range for a dataset of {length} items")
+            raise DataIndexError(f"index {i} out of range for a dataset of {length} items "
+                                 f"(valid: {-length} to {length - 1})")
         out.append(i % length)
     return out
 
 
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """`value` as an int (bool and float refused: a fractional seed or size is a mistake), else DataError."""
+    if isinstance(value, bool):
+        raise DataError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise DataError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if minimum is not None and value < minimum:
+        raise DataError(f"{name} = {value} is not allowed: at least {minimum}")
+    return value
+
+
 def check_split(split: str) -> str:
-    if split not in SPLITS:
+    if not isinstance(split, str) or split not in SPLITS:
         raise DataError(f"split = {split!r} is not allowed: one of {', '.join(SPLITS)}")
     return split
 
@@ -198,6 +226,8 @@ def resolve_config(config: DataConfig | None, overrides: dict[str, Any], **expli
     Override names are DataConfig fields; unknown names and bad values raise
     ConfigError naming the setting and what is allowed.
     """
+    if config is not None and not isinstance(config, DataConfig):
+        raise ConfigError(f"config must be a dive.config.DataConfig, got {type(config).__name__}")
     changes = {k: v for k, v in explicit.items() if v is not None}
     changes.update(overrides)
     # from_dict works on a copy, so the caller's config is never changed

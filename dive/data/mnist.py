@@ -129,7 +129,11 @@ def load_digits(source: str = "embedded", root: str | os.PathLike = "~/.cache/di
         return _load_file(path)
     if source == "full":
         return _load_full(Path(root).expanduser())
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # "~user/..." naming no user
+        raise DataError(f"data.mnist = {source!r}: cannot expand the home folder in that path. "
+                        f"{_HOW_TO_GET}") from None
     if path.is_dir():
         looked = [path / name for name in _STANDARD_NAMES] + [path / "MNIST" / "raw" / n for n in _STANDARD_NAMES]
         for candidate in looked:

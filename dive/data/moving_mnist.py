@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..config import DataConfig
-from .common import (BatchedDataset, DataError, check_indices, check_split, from_uint8, per_item_uniforms,
-                     resolve_config, to_uint8, truncate_to_uint8)
+from .common import (BatchedDataset, DataError, check_indices, check_int, check_split, from_uint8,
+                     per_item_uniforms, resolve_config, to_uint8, truncate_to_uint8)
 from .mnist import digit_pools, load_digits
 
 # Train items are independent draws keyed by index, so the length only bounds
@@ -224,12 +224,10 @@ class MovingMNIST(BatchedDataset):
         cfg = resolve_config(config, overrides, scenario=scenario)
         self.cfg = cfg
         self.split = check_split(split)
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         if size is None:
             size = TRAIN_SIZE if split == "train" else cfg.test_size
-        if size < 1:
-            raise DataError(f"size = {size} is not allowed: at least 1")
-        self.size = int(size)
+        self.size = check_int("size", size, minimum=1)
 
         self.t_in, self.t_out = cfg.t_in, cfg.t_out
         self.frames = cfg.t_in + cfg.t_out
@@ -243,8 +241,11 @@ class MovingMNIST(BatchedDataset):
             train_pool, test_pool = digit_pools(load_digits(cfg.mnist, cfg.mnist_root))
             pool = train_pool if split == "train" else test_pool
         else:
-            if digits.dim() != 3 or digits.dtype != torch.uint8:
-                raise DataError(f"digits must be uint8 (N, h, w), got {tuple(digits.shape)} {digits.dtype}")
+            if not isinstance(digits, torch.Tensor):
+                raise DataError(f"digits must be a uint8 tensor (N, h, w), got {type(digits).__name__}")
+            if digits.dim() != 3 or digits.dtype != torch.uint8 or digits.numel() == 0:
+                raise DataError(f"digits must be a non-empty uint8 tensor (N, h, w), got shape "
+                                f"{tuple(digits.shape)} and dtype {digits.dtype}")
             pool = digits
         if pool.shape[-2:] != (d, d):
             # Other digit sizes come from resizing once here, not per item.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,22 +110,38 @@ def load_test_set(path: str | os.PathLike) -> TensorSequenceDataset:
     if not path.is_file():
         raise DataError(f"{path}: no such test-set file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # pickled content is refused here, before it is unpickled
         raise _fail(path, f"cannot read it as .npz ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise _fail(path, f"expected an .npz archive of arrays, found a single .npy array of shape {z.shape}")
+    try:
+        with z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise _fail(path, f"cannot read its arrays ({e})") from None
     if _META_KEY not in arrays:
         raise _fail(path, "no metadata record")
+    meta_record = arrays.pop(_META_KEY)
+    if meta_record.dtype.kind != "U" or meta_record.ndim != 0:
+        raise _fail(path, f"metadata should be one JSON string, found a {meta_record.dtype} array "
+                          f"of shape {meta_record.shape}")
     try:
-        header = json.loads(str(arrays.pop(_META_KEY)))
+        header = json.loads(str(meta_record))
     except json.JSONDecodeError as e:
         raise _fail(path, f"metadata is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _fail(path, f"metadata should be a JSON object, found {type(header).__name__}")
     if header.get("format") != FORMAT_VERSION:
         raise _fail(path, f"format {header.get('format')!r}, this code reads {FORMAT_VERSION}")
     encodings = header.get("encodings", {})
+    if not isinstance(encodings, dict) or not isinstance(header.get("meta", {}), dict):
+        raise _fail(path, "metadata 'encodings' and 'meta' should be JSON objects")
 
     tensors: dict[str, torch.Tensor] = {}
     for k, a in arrays.items():
+        if a.ndim == 0 or a.shape[0] == 0:
+            raise _fail(path, f"field {k!r} has shape {a.shape}, expected one row per sequence (N, ...), N >= 1")
         enc = encodings.get(k, "raw")
         if enc == "uint8/255":
             if a.dtype != np.uint8:
