@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import checkpoint, schedules
+from .compile import compile_model
 from .config import Config, architecture_diff, dumps_toml, to_dict
 from .data import build_dataset, collate
 from .data.common import atomic_write
@@ -265,7 +266,7 @@ def train(cfg: Config, opts: Options) -> State:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if opts.compile:
-        step_model = torch.compile(step_model)
+        step_model = compile_model(step_model)
 
     dataset = build_dataset(cfg.data, "train", seed=cfg.data.seed)
     val_set = build_dataset(cfg.data, "val") if rt.is_main else None

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .config import DataConfig, ModelConfig
 from .distributions import gaussian_rsample
+from .errors import InputError
 from .nn.appearance import AppearanceInference
 from .nn.convnets import FrameEncoder, ObjectDecoder
 from .nn.pose import POSE_DIM, PoseInference
@@ -85,13 +86,16 @@ class DIVE(nn.Module):
         self.t_in, self.t_out = d.t_in, d.t_out
         self.n_slots, self.app_dim, self.scale_prior = m.n_slots, m.app_dim, m.scale_prior
         self.obj_size = d.image_size // 2
+        # constrain_pose keeps s >= scale_prior - 1, which bounds how much of a frame an object can touch:
+        # placing and cropping then work on that window only (dive/nn/stn.py)
+        self.min_scale = m.scale_prior - 1.0 if m.scale_prior > 1.0 else None
 
         self.frame_encoder = FrameEncoder(d.channels, d.image_size, m.feat_dim, m.conv_width)
         self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
                                   use_imputation=m.use_imputation, straight_through=m.straight_through)
         self.appearance = AppearanceInference(d.channels, self.obj_size, m.app_dim, m.hidden, m.dyn_dim,
                                               m.n_slots, d.t_out, m.conv_width,
-                                              use_dynamic=m.use_dynamic_appearance)
+                                              use_dynamic=m.use_dynamic_appearance, min_scale=self.min_scale)
         self.decoder = ObjectDecoder(d.channels, self.obj_size, m.app_dim, m.conv_width)
 
     @property
@@ -131,10 +135,21 @@ class DIVE(nn.Module):
         `temperature` and the gammas are ignored.
         fill_missing (default: on in eval mode only): give frames decided
         missing the appearance of their nearest observed neighbour.
+        A wrong shape or dtype raises InputError; values are checked by `predict`, not here.
         """
+        self.check_input(input, values=False)
+        self._check_placement(input)
         B, T_in = input.shape[:2]
         K, T = self.n_slots, self.t_in + self.t_out
         train = self.training
+        if train:
+            if isinstance(temperature, (int, float)) and not temperature > 0:
+                raise InputError(f"temperature must be > 0, got {temperature!r}")
+            for name, gamma in (("gamma_app", gamma_app), ("gamma_imp", gamma_imp)):
+                if isinstance(gamma, (int, float)) and not 0 <= gamma <= 1:
+                    raise InputError(f"{name} must be a probability in [0, 1], got {gamma!r}")
+            if noise is not None:
+                self._check_noise(noise, B)
         if fill_missing is None:
             fill_missing = not train
         if train and noise is None:
@@ -162,7 +177,8 @@ class DIVE(nn.Module):
             z = torch.cat([fill_missing_appearance(z[:, :T_in], post.presence_hard), z[:, T_in:]], dim=1)
 
         objects = self.decoder(rearrange(z, "b t k a -> (b t k) a"))  # ((b T k) c S S)
-        slots = object_to_image(objects, rearrange(pose, "b t k p -> (b t k) p"), self.image_size)
+        slots = object_to_image(objects, rearrange(pose, "b t k p -> (b t k) p"), self.image_size,
+                                min_scale=self.min_scale)
         slots = rearrange(slots, "(b t k) c h w -> b t k c h w", b=B, t=T)
         objects = rearrange(objects, "(b t k) c h w -> b t k c h w", b=B, t=T)
 
@@ -187,21 +203,55 @@ class DIVE(nn.Module):
             init_sigma=post.init_sigma,
         )
 
+    def _check_placement(self, input: Tensor) -> None:
+        # forward does not convert (predict does): say so before a conv layer fails with a dtype error.
+        # Under autocast any floating dtype is cast for us. Skipped while compiling: the compiled
+        # graph is guarded on dtype and device anyway.
+        if torch.compiler.is_compiling():
+            return
+        param = next(self.parameters())
+        if input.device != param.device:
+            raise InputError(f"expected input on {param.device} (where the model is), got {input.device}")
+        if input.dtype != param.dtype and not torch.is_autocast_enabled(input.device.type):
+            raise InputError(f"expected {param.dtype} input (the model's dtype), got {input.dtype}; "
+                             "predict() converts for you, forward() does not")
+
+    def _check_noise(self, noise: dict[str, Tensor], batch_size: int) -> None:
+        if not isinstance(noise, dict):
+            raise InputError(f"noise must be a dict as returned by sample_noise, got {type(noise).__name__}")
+        K, T, B = self.n_slots, self.t_in + self.t_out, batch_size
+        expected = {"app": (B, T, K, self.app_dim), "pose": (B, T, K, POSE_DIM), "init": (B, K, POSE_DIM),
+                    "presence": (B, self.t_in, K), "imp_drop": (B, self.t_in, K), "app_drop": (1,)}
+        for key, shape in expected.items():
+            got = noise.get(key)
+            if not isinstance(got, Tensor) or tuple(got.shape) != shape:
+                found = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+                raise InputError(f"noise[{key!r}]: expected a tensor of shape {shape} "
+                                 f"(see sample_noise), got {found}")
+
     # ----------------------------------------------------------------- inference entry point
 
-    def check_input(self, input: Tensor) -> None:
-        """Raise ValueError unless `input` is a finite floating (b t_in c h w) tensor."""
+    def check_input(self, input: Tensor, values: bool = True) -> None:
+        """Raise InputError unless `input` is a floating (b t_in c h w) tensor, b >= 1, and (with
+        `values`) finite with values in [0, 1]. The value checks read the whole tensor (a host sync
+        on CUDA), so the training pass does without them."""
         t, c, h, w = self.input_shape
+        expected = f"(B, {t}, {c}, {h}, {w})"
         if not isinstance(input, Tensor):
-            raise ValueError(f"expected a torch.Tensor of shape (B, {t}, {c}, {h}, {w}), got {type(input).__name__}")
+            raise InputError(f"expected a torch.Tensor of shape {expected}, got {type(input).__name__}")
         if input.dim() != 5 or tuple(input.shape[1:]) != (t, c, h, w):
             got = "(" + ", ".join(["B", *map(str, input.shape[1:])]) + ")" if input.dim() >= 1 else "()"
-            raise ValueError(f"expected input of shape (B, {t}, {c}, {h}, {w}), got {got} "
-                             f"(full shape {tuple(input.shape)})")
+            raise InputError(f"expected input of shape {expected}, got {got} (full shape {tuple(input.shape)})")
+        if input.shape[0] < 1:
+            raise InputError(f"expected input of shape {expected} with B >= 1, got B = 0")
         if not input.is_floating_point():
-            raise ValueError(f"expected a floating-point input with values in [0, 1], got dtype {input.dtype}")
-        if not torch.isfinite(input).all():
-            raise ValueError("input contains NaN or infinite values")
+            raise InputError(f"expected a floating-point input with values in [0, 1], got dtype {input.dtype}")
+        if values:
+            if not torch.isfinite(input).all():
+                raise InputError("input contains NaN or infinite values")
+            lo, hi = input.min().item(), input.max().item()
+            if lo < 0 or hi > 1:
+                raise InputError(f"expected input values in [0, 1], found [{lo:.4g}, {hi:.4g}]")
 
     @torch.no_grad()
     def predict(self, input: Tensor) -> dict[str, Tensor]:
@@ -212,6 +262,9 @@ class DIVE(nn.Module):
         (b t_in k, sigmoid of the logits), presence (b t_in k, hard 0/1).
         """
         self.check_input(input)
+        # Users hand in float64 arrays or CPU tensors; converting is what they mean, and conv layers refuse both.
+        param = next(self.parameters())
+        input = input.to(device=param.device, dtype=param.dtype)
         was_training = self.training
         self.eval()
         try:

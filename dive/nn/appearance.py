@@ -34,8 +34,10 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 class AppearanceInference(nn.Module):
     def __init__(self, channels: int, obj_size: int, app_dim: int, hidden: int, dyn_dim: int,
-                 n_slots: int, t_out: int, conv_width: int = 8, use_dynamic: bool = True):
+                 n_slots: int, t_out: int, conv_width: int = 8, use_dynamic: bool = True,
+                 min_scale: float | None = None):
         super().__init__()
+        self.min_scale = min_scale  # lower bound on the pose scale s, for cropping a window only
         self.obj_size, self.app_dim, self.hidden = obj_size, app_dim, hidden
         self.n_slots, self.t_out, self.use_dynamic = n_slots, t_out, use_dynamic
         static_dim = 2 * app_dim
@@ -54,7 +56,8 @@ class AppearanceInference(nn.Module):
         """frames (b t c h w), pose (b t k 3), presence (b t k) -> masked features (b t k a)."""
         B, T, K = presence.shape
         images = repeat(frames, "b t c h w -> (b t k) c h w", k=K)
-        crops = image_to_object(images, rearrange(pose, "b t k p -> (b t k) p"), self.obj_size)
+        crops = image_to_object(images, rearrange(pose, "b t k p -> (b t k) p"), self.obj_size,
+                                min_scale=self.min_scale)
         feats = rearrange(self.encoder(crops), "(b t k) a -> b t k a", b=B, t=T)
         return feats * presence.unsqueeze(-1)
 
