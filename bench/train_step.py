@@ -18,6 +18,12 @@ A mode is a '+'-joined set of switches (``eager`` is the empty set):
              may be combined with compile / amp / nchw / malloc
     nobase   (with eval) without the two baselines, as the training loop's validation
 
+Three switches undo one optimisation of the model each, to measure what it buys:
+
+    fullstn     place and crop over the whole image (no min_scale window)
+    convlinear  the encoders' last and the decoder's first layer as convs, not matmuls
+    stridedup   the decoder's last layer as oneDNN's strided transposed conv
+
 The step is the one train.py takes (dive.engine._train_step): noise from
 ``step_generator``, forward under ``autocast`` with the schedule's values,
 ``dive.elbo.elbo``, backward, gradient-norm clipping, the finiteness check
@@ -73,7 +79,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(ROOT))
 
-SWITCHES = ("compile", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase")
+SWITCHES = ("compile", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
+            "fullstn", "convlinear", "stridedup")
 DEFAULT_MODES = "eager,nchw,amp,compile,compile+amp,data,compile+data,eval,compile+eval"
 GIB = 1024 ** 3
 
@@ -131,6 +138,25 @@ def reset_peak_rss() -> bool:
 # --------------------------------------------------------------------------- worker
 
 
+def undo_optimisations(model, switches: frozenset[str]) -> None:
+    """Put back the plain implementation of each optimisation the switches name (for comparisons only)."""
+    import types
+
+    from torch import nn
+
+    from dive.nn import convnets
+
+    if "fullstn" in switches:
+        model.min_scale = model.appearance.min_scale = None
+    for m in model.modules():
+        if "convlinear" in switches and isinstance(m, convnets._MapToVector):
+            m.forward = types.MethodType(nn.Conv2d.forward, m)
+        if "convlinear" in switches and isinstance(m, convnets._VectorToMap):
+            m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)
+        if "stridedup" in switches and isinstance(m, convnets._UpsampleToImage):
+            m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)
+
+
 class Worker:
     """One configuration in its own process: build, warm up, then time steps on request."""
 
@@ -151,6 +177,7 @@ class Worker:
         model = build_model(cfg).to(self.device)
         if "nchw" in self.switches:
             model.to(memory_format=torch.contiguous_format)
+        undo_optimisations(model, self.switches)
         self.model = model
         self.step_model = model
         if "compile" in self.switches:
@@ -317,6 +344,24 @@ class Proc:
         return self.receive()
 
 
+def _busy_jiffies() -> int | None:
+    """CPU time (clock ticks) all processes of the machine have used so far; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _process_jiffies(pid: int | str = "self") -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def matmul_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -362,15 +407,26 @@ def run(args) -> dict:
         p.ready = p.receive()
         procs.append(p)
         if not args.json:
-            print(f"ready: batch {spec['batch']:3d} {spec['mode']:14s} setup {p.ready['setup_s']:.1f} s",
+            print(f"ready: batch {spec['batch']:3d} {spec['mode']} setup {p.ready['setup_s']:.1f} s",
                   file=sys.stderr, flush=True)
 
+    # CPU time other processes take during the timed rounds: the measure of how noisy the run was
+    busy0 = _busy_jiffies()
+    mine0 = _process_jiffies() + sum(_process_jiffies(p.p.pid) for p in procs)
+    wall0 = time.perf_counter()
     ref = []
     for r in range(args.repeats):
         order = procs[r % len(procs):] + procs[:r % len(procs)]
         for p in order:
             p.times += p.ask(f"run {1 if 'eval' in parse_mode(p.spec['mode']) else args.chunk}")["times"]
         ref.append(matmul_gflops(args.threads))
+
+    wall = time.perf_counter() - wall0
+    busy1 = _busy_jiffies()
+    mine1 = _process_jiffies() + sum(_process_jiffies(p.p.pid) for p in procs)
+    other_cpu_s = None
+    if busy0 is not None:
+        other_cpu_s = max(0.0, ((busy1 - busy0) - (mine1 - mine0)) / os.sysconf("SC_CLK_TCK"))
 
     results = []
     for p in procs:
@@ -392,7 +448,7 @@ def run(args) -> dict:
             else None
         results.append(row)
     return {"config": args.config, "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk,
-            "warmup": args.warmup, "machine": machine(),
+            "warmup": args.warmup, "machine": machine(), "timed_wall_s": wall, "other_cpu_s": other_cpu_s,
             "matmul_ref_gflop_per_s": statistics.median(ref) if ref else None, "results": results}
 
 
@@ -401,7 +457,11 @@ def print_table(report: dict) -> None:
     print(f"{report['config']} | {m['cpu']} | torch {m['torch']} | {report['threads']} threads | "
           f"{report['repeats']} rounds x {report['chunk']} step(s), interleaved")
     print(f"matmul reference (fp32 1024^3): {report['matmul_ref_gflop_per_s']:.1f} GFLOP/s")
-    print(f"{'batch':>5s} {'mode':14s} {'median':>9s} {'p25-p75':>15s} {'min':>8s} {'peak':>9s} {'steady':>9s} "
+    if report["other_cpu_s"] is not None:
+        print(f"other processes used {report['other_cpu_s']:.1f} CPU-s during the {report['timed_wall_s']:.0f} s "
+              "of timed rounds (0 on a quiet machine)")
+    mw = max([14] + [len(r["mode"]) for r in report["results"]])
+    print(f"{'batch':>5s} {'mode':{mw}s} {'median':>9s} {'p25-p75':>15s} {'min':>8s} {'peak':>9s} {'steady':>9s} "
           f"{'GFLOP':>7s} {'GFLOP/s':>8s}")
     for r in report["results"]:
         steady = f"{r['steady_rss_gib']:.2f} GiB" if r["steady_rss_gib"] is not None else "-"
@@ -413,7 +473,7 @@ def print_table(report: dict) -> None:
         else:
             med = f"{r['median_s'] * 1e3:.0f} ms"
             spread = f"{r['p25_s'] * 1e3:.0f}-{r['p75_s'] * 1e3:.0f} ms"
-        print(f"{r['batch']:5d} {r['mode']:14s} {med:>9s} {spread:>15s} {r['min_s'] * 1e3:6.0f}ms "
+        print(f"{r['batch']:5d} {r['mode']:{mw}s} {med:>9s} {spread:>15s} {r['min_s'] * 1e3:6.0f}ms "
               f"{r['peak_rss_gib']:5.2f} GiB {steady:>9s} {flops:>7s} {rate:>8s}")
 
 
