@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import json
 import os
 import pathlib
 import pickle
@@ -27,6 +26,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from cli import losses, run
 
 import pytest
 import torch
@@ -44,18 +45,6 @@ FAULT_STEPS = 12
 FAULT_ARGS = ("--config", str(SMOKE), "--device", "cpu", "--quiet", "--set", f"train.steps={FAULT_STEPS}",
               "--set", "train.ckpt_every=1", "--set", "train.log_every=1", "--set", "train.eval_every=1000",
               "--set", "train.image_every=1000")
-
-
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=ENV,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())}
 
 
 def digest(path: Path) -> str:
