@@ -20,6 +20,16 @@ from dive.engine import Options, train
 from dive.errors import DIVEError
 
 
+def _minutes(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated minutes such as 5,10,30, got {text!r}") from None
+    if any(not 0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"minutes must be positive numbers, got {text!r}")
+    return values
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Train DIVE on Moving MNIST with missing data (or MOTS pedestrians).",
@@ -44,8 +54,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop after N optimiser steps in this invocation (checkpoint saved; continue with --resume)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after MINUTES of training in this invocation (checkpoint saved)")
+    p.add_argument("--snapshot-minutes", type=_minutes, default=(), metavar="M1,M2,...",
+                   help="also save snapshots/min_M.pt when the run's training time passes M minutes "
+                        "(for metrics-against-time curves; evaluate them with evaluate.py)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: torch's choice, one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     if args.resume is None and args.out is None:
         p.error("--out RUN_DIR is required (or --resume RUN_DIR)")
     if args.resume is not None and args.out is not None and args.out != args.resume:
@@ -55,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         overrides = list(args.overrides)
         if args.seed is not None:
@@ -69,7 +90,7 @@ def main(argv=None) -> int:
         out = args.resume if args.resume is not None else args.out
         opts = Options(out=out, device=args.device, amp=args.amp, compile=args.compile,
                        resume=args.resume is not None, quiet=args.quiet,
-                       stop_after=args.stop_after,
+                       stop_after=args.stop_after, snapshot_minutes=args.snapshot_minutes,
                        time_limit=args.time_limit * 60 if args.time_limit is not None else None)
         state = train(cfg, opts)
     except config.ConfigError as e:

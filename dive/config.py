@@ -103,6 +103,11 @@ class ModelConfig:
     use_imputation: bool = True
     use_dynamic_appearance: bool = True
     straight_through: bool = False  # hard 0/1 presence in the forward pass, relaxed gradient
+    # Initial posterior std of the Gaussian latents, set through the bias of each scale head
+    # (the weights start near 0, so every posterior starts near this std). 0 = plain init:
+    # softplus(0) ~ 0.69, as the original. Initialisation only: not an architecture key.
+    pose_std_init: float = 0.0  # pose increments and initial pose
+    app_std_init: float = 0.0  # appearance
 
 
 @dataclass
@@ -126,6 +131,10 @@ class ScheduleConfig:
     """Annealing, as plain functions of the optimiser step (dive/schedules.py)."""
 
     kl_warmup_steps: int = 0  # 0 = full KL weight from step 0 (as the original)
+    # Coarse-to-fine likelihood: frames and renderings are both blurred with a Gaussian of this
+    # std (pixels) at step 0, decaying linearly to 0 (the exact objective) at `blur_steps`.
+    blur_start: float = 0.0  # 0 = off (as the original)
+    blur_steps: int = 0
     temperature_start: float = 1.0
     temperature_end: float = 0.5
     temperature_steps: int = 10000  # exponential decay start -> end over this many steps
@@ -387,6 +396,9 @@ def validate(cfg: Config) -> Config:
     for key in ("feat_dim", "app_dim", "hidden", "dyn_dim", "conv_width"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "at least 1")
     _require(m.scale_prior > 1, "model.scale_prior", m.scale_prior, "> 1 (s is clamped to prior +- 1)")
+    for key in ("pose_std_init", "app_std_init"):
+        value = getattr(m, key)
+        _require(value == 0 or 1e-3 <= value <= 10, f"model.{key}", value, "0 (plain init) or in [0.001, 10]")
 
     for key in ("likelihood_std", "app_prior_std", "pose_prior_std"):
         _require(getattr(l, key) > 0, f"loss.{key}", getattr(l, key), "> 0")
@@ -399,6 +411,8 @@ def validate(cfg: Config) -> Config:
         _require(getattr(l, key) >= 0, f"loss.{key}", getattr(l, key), ">= 0")
 
     _require(s.kl_warmup_steps >= 0, "schedule.kl_warmup_steps", s.kl_warmup_steps, ">= 0")
+    _require(0 <= s.blur_start <= 16, "schedule.blur_start", s.blur_start, "in [0, 16] pixels")
+    _require(s.blur_steps >= 0, "schedule.blur_steps", s.blur_steps, ">= 0")
     _require(s.temperature_start > 0, "schedule.temperature_start", s.temperature_start, "> 0")
     _require(s.temperature_end > 0, "schedule.temperature_end", s.temperature_end, "> 0")
     _require(s.temperature_steps >= 0, "schedule.temperature_steps", s.temperature_steps, ">= 0")
@@ -423,7 +437,8 @@ def validate(cfg: Config) -> Config:
 # Keys that change the network's parameters: a checkpoint can only be loaded
 # (or resumed) under a config that agrees on them.
 ARCHITECTURE_KEYS = (
-    [("model", f.name) for f in dataclasses.fields(ModelConfig) if f.name != "straight_through"]
+    [("model", f.name) for f in dataclasses.fields(ModelConfig)
+     if f.name not in ("straight_through", "pose_std_init", "app_std_init")]
     + [("data", "image_size"), ("data", "channels"), ("data", "t_in"), ("data", "t_out")]
 )
 

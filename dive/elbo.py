@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .config import LossConfig
@@ -107,8 +108,27 @@ def _check_values(batch) -> None:
             raise InputError(f"elbo: batch[{key!r}] must have values in [0, 1], found [{lo:.4g}, {hi:.4g}]")
 
 
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Blur the last two dims (h w) of x (... h w) with a Gaussian of std `sigma` pixels, zero padding.
+
+    Separable: one 1-D convolution per axis, kernel radius ceil(3 sigma).
+    Linear, so blurring the sum of the slots equals summing blurred slots.
+    """
+    if sigma <= 0:
+        return x
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    shape = x.shape
+    flat = x.reshape(-1, 1, *shape[-2:])  # any leading dims: a batch of one-channel images
+    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    return flat.reshape(shape)
+
+
 def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1.0,
-         future_mask: bool = False, check_values: bool = True) -> ELBO:
+         future_mask: bool = False, check_values: bool = True, blur: float = 0.0) -> ELBO:
     """The ELBO of a batch.
 
     Args:
@@ -122,6 +142,9 @@ def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1
         check_values: check that the batch is finite and in [0, 1]. This reads
             every pixel (a host sync on CUDA); the training loop, whose batches
             come from the package's own datasets, turns it off.
+        blur: std in pixels of a Gaussian blur applied to frames and
+            renderings alike before the likelihood (the coarse-to-fine
+            curriculum, schedules.blur); 0, the default, is the exact ELBO.
 
     Raises InputError naming the argument, what was expected and what was found.
     """
@@ -138,11 +161,15 @@ def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1
                          f"got {tuple(v.shape)}")
     if check_values:
         _check_values(batch)
+    if isinstance(blur, bool) or not isinstance(blur, (int, float)) or not 0 <= blur < math.inf:
+        raise InputError(f"elbo: blur must be a finite number of pixels >= 0, got {blur!r}")
     v = v.unsqueeze(1)  # b 1 c h w: broadcast over time
     sigma_x = torch.as_tensor(cfg.likelihood_std, dtype=x.dtype, device=x.device)
 
     # Likelihoods in float32 even under autocast: sums of 10^6 terms.
     xhat, yhat = out.input_masked.float(), out.pred.float()
+    if blur > 0:
+        x, y, xhat, yhat = (gaussian_blur(a.float(), blur) for a in (x, y, xhat, yhat))
     ll_input = (gaussian_log_prob(x, xhat, sigma_x) * v).sum()
     ll_future_px = gaussian_log_prob(y, yhat, sigma_x)
     ll_future = (ll_future_px * v).sum() if future_mask else ll_future_px.sum()

@@ -155,6 +155,9 @@ class Options:
     quiet: bool = False
     stop_after: int | None = None  # optimiser steps in this invocation, then checkpoint and stop
     time_limit: float | None = None  # seconds of training in this invocation, then checkpoint and stop
+    # Save snapshots/min_XXX.pt when the run's wall-clock time (all invocations) passes each of
+    # these minutes: checkpoints for a metrics-against-time curve (evaluate them afterwards).
+    snapshot_minutes: tuple[float, ...] = ()
 
 
 @dataclass
@@ -163,6 +166,7 @@ class State:
     best: float = math.inf
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
+    elapsed: float = 0.0  # wall-clock seconds of training over every invocation (validation included)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -191,7 +195,7 @@ def _checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: Config,
         "optimizer": opt.state_dict(),
         "rng": checkpoint.rng_state(),
         "extra": {"best": st.best, "nonfinite_total": st.nonfinite_total,
-                  "nonfinite_in_row": st.nonfinite_in_row},
+                  "nonfinite_in_row": st.nonfinite_in_row, "elapsed": st.elapsed},
     }
 
 
@@ -241,7 +245,8 @@ def train(cfg: Config, opts: Options) -> State:
             extra = resume_state.get("extra", {})
             st = State(step=int(resume_state["step"]), best=float(extra.get("best", math.inf)),
                        nonfinite_total=int(extra.get("nonfinite_total", 0)),
-                       nonfinite_in_row=int(extra.get("nonfinite_in_row", 0)))
+                       nonfinite_in_row=int(extra.get("nonfinite_in_row", 0)),
+                       elapsed=float(extra.get("elapsed", 0.0)))
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             reason = (str(e).strip().splitlines() or [""])[0]
             raise CheckpointError(f"{out / 'latest.pt'}: its optimiser, RNG or step state cannot be restored "
@@ -274,7 +279,8 @@ def train(cfg: Config, opts: Options) -> State:
     dataset = build_dataset(cfg.data, "train", seed=cfg.data.seed)
     val_set = build_dataset(cfg.data, "val") if rt.is_main else None
 
-    t0, step0 = time.perf_counter(), st.step
+    t0, step0, elapsed0 = time.perf_counter(), st.step, st.elapsed
+    snapshots = sorted(m for m in opts.snapshot_minutes if m * 60 > st.elapsed)
     try:
         for batch in train_batches(dataset, cfg, st.step, rt):
             sched = schedules.at(st.step, cfg)
@@ -283,6 +289,7 @@ def train(cfg: Config, opts: Options) -> State:
                 group["lr"] = sched.lr
             logs = _train_step(step_model, model, opt, batch, cfg, sched, rt, opts.amp)
             st.step += 1
+            st.elapsed = elapsed0 + time.perf_counter() - t0
             _after_step(st, logs, cfg, rt, out, model, opt)
             stopping = _should_stop(opts, st.step - step0, time.perf_counter() - t0, rt)
 
@@ -294,7 +301,7 @@ def train(cfg: Config, opts: Options) -> State:
                         print(f"step {st.step}/{cfg.train.steps} | loss/elem {logs['loss']:.5f} | "
                               f"{rate:.2f} steps/s | ETA {_fmt_time(eta)}", flush=True)
                     _write_scalars(writer, st.step, logs, sched)
-                    _append_jsonl(out / "log.jsonl", {"step": st.step, "time": time.perf_counter() - t0,
+                    _append_jsonl(out / "log.jsonl", {"step": st.step, "time": st.elapsed,
                                                       "lr": sched.lr, "temperature": sched.temperature,
                                                       **{k: v for k, v in logs.items() if k != "finite"}})
                     writer.add_scalar("speed/steps_per_s", rate, st.step)
@@ -304,6 +311,10 @@ def train(cfg: Config, opts: Options) -> State:
                     _validate(writer, model, val_set, cfg, rt, st, out, opt)
                 if st.step % cfg.train.ckpt_every == 0 or st.step == cfg.train.steps or stopping:
                     checkpoint.save(out / "latest.pt", _checkpoint_state(model, opt, cfg, st))
+                while snapshots and st.elapsed >= snapshots[0] * 60:
+                    minute = snapshots.pop(0)
+                    (out / "snapshots").mkdir(exist_ok=True)
+                    checkpoint.save(out / "snapshots" / f"min_{minute:g}.pt", _checkpoint_state(model, opt, cfg, st))
             if stopping:
                 _log(rt, f"stopping at step {st.step} as asked; continue with --resume {out}")
                 break
@@ -339,7 +350,8 @@ def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, 
                          gamma_imp=sched.gamma_imp, noise=noise)
     # Batches come from the package's datasets, which produce values in [0, 1]; a value check would
     # cost a second host sync per step, and a bad value still ends up as a skipped non-finite step.
-    e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask, check_values=False)
+    e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask, check_values=False,
+             blur=sched.blur)
     opt.zero_grad(set_to_none=True)
     e.loss.backward()
     max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
@@ -406,6 +418,7 @@ def _write_scalars(writer, step: int, logs: dict, sched) -> None:
     writer.add_scalar("schedule/gamma_app", sched.gamma_app, step)
     writer.add_scalar("schedule/gamma_imp", sched.gamma_imp, step)
     writer.add_scalar("schedule/future_mask", float(sched.future_mask), step)
+    writer.add_scalar("schedule/blur", sched.blur, step)
 
 
 @torch.no_grad()
@@ -439,7 +452,7 @@ def _validate(writer, model: DIVE, val_set, cfg: Config, rt: Runtime, st: State,
     print(f"  val @ {st.step}: rec mse {flat['rec_mse']:.2f} | pred mse {flat['pred_mse']:.2f} | "
           f"nelbo {flat['nelbo']:.4f} | missing f1 {flat['missing_f1']:.3f}", flush=True)
     st.history.append({"step": st.step, **flat})
-    _append_jsonl(out / "val.jsonl", {"step": st.step, **flat})
+    _append_jsonl(out / "val.jsonl", {"step": st.step, "time": st.elapsed, **flat})
     if score < st.best:
         st.best = score
         checkpoint.save(out / "best.pt", _checkpoint_state(model, opt, cfg, st))

@@ -25,7 +25,7 @@ from .distributions import gaussian_rsample
 from .errors import InputError
 from .nn.appearance import AppearanceInference
 from .nn.convnets import FrameEncoder, ObjectDecoder
-from .nn.pose import POSE_DIM, PoseInference
+from .nn.pose import POSE_DIM, PoseInference, inverse_positive_scale
 from .nn.stn import constrain_pose, object_to_image
 
 
@@ -97,6 +97,12 @@ class DIVE(nn.Module):
                                               m.n_slots, d.t_out, m.conv_width,
                                               use_dynamic=m.use_dynamic_appearance, min_scale=self.min_scale)
         self.decoder = ObjectDecoder(d.channels, self.obj_size, m.app_dim, m.conv_width)
+        with torch.no_grad():
+            if m.pose_std_init > 0:
+                self.pose.beta_sigma.bias.fill_(inverse_positive_scale(m.pose_std_init))
+                self.pose.init_sigma.bias.fill_(inverse_positive_scale(m.pose_std_init))
+            if m.app_std_init > 0:
+                self.appearance.z_head.bias[m.app_dim:].fill_(inverse_positive_scale(m.app_std_init))
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:

@@ -19,6 +19,13 @@ def kl_weight(step: int, s: ScheduleConfig) -> float:
     return min(1.0, step / s.kl_warmup_steps)
 
 
+def blur(step: int, s: ScheduleConfig) -> float:
+    """Std (pixels) of the likelihood's Gaussian blur: linear from `blur_start` to 0 over `blur_steps`."""
+    if s.blur_start <= 0 or s.blur_steps <= 0 or step >= s.blur_steps:
+        return 0.0
+    return s.blur_start * (1 - step / s.blur_steps)
+
+
 def temperature(step: int, s: ScheduleConfig) -> float:
     """Relaxed-Bernoulli temperature: exponential decay from start to end over `temperature_steps`, then flat."""
     if s.temperature_steps <= 0 or step >= s.temperature_steps:
@@ -60,6 +67,7 @@ class Schedule:
     gamma_app: float
     gamma_imp: float
     future_mask: bool
+    blur: float
 
 
 def at(step: int, cfg: Config) -> Schedule:
@@ -72,4 +80,5 @@ def at(step: int, cfg: Config) -> Schedule:
         gamma_app=gamma_app(step, s),
         gamma_imp=gamma_imp(step, s),
         future_mask=cfg.data.resolved("hidden_rows") > 0 and future_mask_on(step, s),
+        blur=blur(step, s),
     )

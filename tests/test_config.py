@@ -193,6 +193,8 @@ def test_optional_keys_accept_values_and_fall_back_to_scenario():
     ("data.hidden_rows=64", "data.hidden_rows"),
     ("schedule.gamma_imp=1.0", "schedule.gamma_imp"),
     ("train.lr=nan", "train.lr"),
+    ("model.pose_std_init=-0.1", "model.pose_std_init"),
+    ("model.app_std_init=0.0001", "model.app_std_init"),
 ])
 def test_out_of_range_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
@@ -315,9 +317,10 @@ def test_architecture_diff_reports_model_keys_only():
     assert architecture_diff(a, apply_overrides(a, ["train.lr=0.5", "train.steps=3"])) == []
 
 
-def test_architecture_keys_cover_every_model_key_but_straight_through():
+def test_architecture_keys_cover_every_model_key_but_the_training_only_ones():
     model_keys = {k for s, k in ARCHITECTURE_KEYS if s == "model"}
-    assert model_keys == set(VALID_KEYS["model"]) - {"straight_through"}
+    # straight_through changes the forward pass only, the *_std_init keys the initial weights only
+    assert model_keys == set(VALID_KEYS["model"]) - {"straight_through", "pose_std_init", "app_std_init"}
     for section, key in ARCHITECTURE_KEYS:
         assert key in VALID_KEYS[section]
 

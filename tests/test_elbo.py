@@ -9,7 +9,8 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from dive.config import LossConfig
-from dive.elbo import elbo
+from dive.elbo import elbo, gaussian_blur
+from dive.errors import InputError
 
 B, T_IN, T_OUT, H, W, K, A = 2, 3, 2, 8, 6, 2, 4
 T = T_IN + T_OUT
@@ -283,3 +284,41 @@ def test_perfect_reconstruction_has_the_normalising_constant():
     n_visible = B * T_IN * (H - HIDDEN_ROWS) * W
     expected = -n_visible * (math.log(cfg.likelihood_std) + 0.5 * math.log(2 * math.pi))
     assert elbo(out, batch, cfg).terms["ll_input"].item() == pytest.approx(expected, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- coarse-to-fine blur
+
+
+def test_gaussian_blur_matches_a_dense_2d_convolution():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 1, 11, 9, generator=g)
+    sigma = 1.3
+    r = math.ceil(3 * sigma)
+    d = torch.arange(-r, r + 1, dtype=torch.float32)
+    k1 = torch.exp(-0.5 * (d / sigma) ** 2)
+    k2 = torch.outer(k1, k1) / k1.sum() ** 2  # the 2-D Gaussian, normalised
+    dense = torch.nn.functional.conv2d(x.reshape(-1, 1, 11, 9), k2[None, None], padding=r).reshape(x.shape)
+    torch.testing.assert_close(gaussian_blur(x, sigma), dense, rtol=1e-5, atol=1e-6)
+    assert gaussian_blur(x, 0.0) is x
+
+
+def test_blurred_likelihood_is_the_likelihood_of_blurred_images():
+    out, batch, cfg = make_out(), make_batch(), make_cfg()
+    blurred_out = SimpleNamespace(**vars(out))
+    blurred_out.input_masked = gaussian_blur(out.input_masked, 1.5)
+    blurred_out.pred = gaussian_blur(out.pred, 1.5)
+    blurred_batch = dict(batch, input=gaussian_blur(batch["input"], 1.5), target=gaussian_blur(batch["target"], 1.5))
+    got = elbo(out, batch, cfg, blur=1.5)
+    want = oracle_terms(blurred_out, blurred_batch, cfg)
+    for name in TERMS:
+        close(got.terms[name], want[name])
+    exact = elbo(out, batch, cfg)
+    assert not torch.allclose(got.terms["ll_input"], exact.terms["ll_input"])
+    for name in KL_TERMS:
+        assert torch.equal(got.terms[name], exact.terms[name])
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "2"])
+def test_blur_must_be_a_finite_non_negative_number(bad):
+    with pytest.raises(InputError, match="blur"):
+        elbo(make_out(), make_batch(), make_cfg(), blur=bad)

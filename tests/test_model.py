@@ -177,6 +177,17 @@ def test_initial_pose_starts_at_the_prior_scale():
     assert out.init_mu[..., 1:].abs().max() < 0.2
 
 
+@pytest.mark.parametrize("pose_std, app_std", [(0.05, 0.1), (0.3, 0.02)])
+def test_posterior_std_init_sets_the_starting_scales(pose_std, app_std):
+    model = make(ModelConfig(pose_std_init=pose_std, app_std_init=app_std), DataConfig(t_in=4, t_out=2)).train()
+    out = model(video(model))
+    for got, want in ((out.pose_sigma, pose_std), (out.init_sigma, pose_std), (out.app_sigma, app_std)):
+        assert (got / want - 1).abs().max() < 0.1
+    # the plain init is softplus(0) ~ 0.69 for all three
+    plain = make(ModelConfig(), DataConfig(t_in=4, t_out=2)).train()(video(model))
+    assert (plain.pose_sigma - 0.693).abs().max() < 0.1 and (plain.app_sigma - 0.693).abs().max() < 0.1
+
+
 def test_imputation_ignores_encoding_where_weight_is_zero():
     pose_net = make().pose
     g = torch.Generator().manual_seed(0)

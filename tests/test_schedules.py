@@ -173,3 +173,16 @@ def test_schedules_are_pure():
     assert schedules.at(249, fresh) == reference[249]
     # and the config is not modified
     assert fresh == make_cfg("s1", kl_warmup_steps=300, switch_step=250, temperature_steps=600)
+
+
+# --------------------------------------------------------------------------- coarse-to-fine blur
+
+
+def test_blur_decays_linearly_to_zero_then_stays_off():
+    s = ScheduleConfig(blur_start=3.0, blur_steps=300)
+    assert schedules.blur(0, s) == 3.0
+    assert schedules.blur(100, s) == pytest.approx(2.0)
+    assert schedules.blur(299, s) == pytest.approx(0.01)
+    assert {schedules.blur(i, s) for i in (300, 301, 10**6)} == {0.0}
+    for off in (ScheduleConfig(), ScheduleConfig(blur_start=3.0), ScheduleConfig(blur_steps=300)):
+        assert {schedules.blur(i, off) for i in (0, 10, 10**6)} == {0.0}

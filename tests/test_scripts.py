@@ -82,6 +82,28 @@ def test_resume_equals_uninterrupted(smoke_run: Path, tmp_path: Path):
     assert losses(out) == losses(smoke_run)  # exact float equality, every step
 
 
+def test_snapshots_and_cumulative_time(tmp_path: Path):
+    out = tmp_path / "snap"
+    common = ("--config", str(SMOKE), "--device", "cpu", "--set", "train.log_every=1", "--set", "train.eval_every=2")
+    # 1e-6 minutes has passed after the first step, an hour has not after six
+    run("train.py", *common, "--out", str(out), "--stop-after", "3", "--threads", "1",
+        "--snapshot-minutes", "0.000001,60")
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["min_1e-06.pt"]
+    snap = torch.load(out / "snapshots" / "min_1e-06.pt", weights_only=True)
+    assert snap["step"] == 1 and snap["extra"]["elapsed"] > 0
+    first = torch.load(out / "latest.pt", weights_only=True)["extra"]["elapsed"]
+    run("train.py", "--resume", str(out), "--device", "cpu")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    times = [r["time"] for r in records]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert times == sorted(times) and times[3] > first  # the resumed invocation counts on from the first
+    val = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val] == [2, 4, 6] and all(r["time"] > 0 for r in val)
+    for bad in ("x", "0", "-5,10"):
+        proc = run("train.py", *common, "--out", str(tmp_path / "bad"), "--snapshot-minutes", bad, check=False)
+        assert proc.returncode == 2 and "--snapshot-minutes" in proc.stderr
+
+
 def test_checkpoint_round_trip(smoke_run: Path):
     from dive import checkpoint
     from dive.engine import build_model

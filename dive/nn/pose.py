@@ -21,6 +21,7 @@ samples the presence, because imputation needs it on the way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,14 @@ MIN_SCALE = 1e-4  # added to every softplus scale so that log(sigma) stays finit
 def positive_scale(raw: Tensor) -> Tensor:
     """Posterior standard deviation from an unconstrained head output."""
     return F.softplus(raw) + MIN_SCALE
+
+
+def inverse_positive_scale(std: float) -> float:
+    """The head output at which `positive_scale` gives `std` (for initialising a head's bias)."""
+    y = std - MIN_SCALE
+    if not y > 0:
+        raise ValueError(f"std must exceed {MIN_SCALE}, got {std}")
+    return math.log(math.expm1(y))
 
 
 @dataclass
