@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop after MINUTES of training in this invocation (checkpoint saved)")
     p.add_argument("--snapshot-minutes", type=_minutes, default=(), metavar="M1,M2,...",
                    help="also save snapshots/min_M.pt when the run's training time passes M minutes "
-                        "(for metrics-against-time curves; evaluate them with evaluate.py)")
+                        "(validation included; score them with bench/learning_curve.py)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice, one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -338,7 +338,7 @@ def _tick_label(v: float, step: float) -> str:
 
 
 def plot_curves(
-    curves: dict[str, Sequence[float]],
+    curves: dict[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
     title: str = "",
     xlabel: str = "",
@@ -350,20 +350,35 @@ def plot_curves(
 ) -> Path:
     """Line plot of named curves, written as PNG.
 
-    curves: name -> y values (all the same length); x: their x values (default
-    0, 1, ...); vline: x position of a dashed vertical line (e.g. between
-    reconstruction and prediction frames), labelled with ``vline_label``.
-    NaN values break a line.
+    curves: name -> y values, all the same length, at the shared `x` (default
+    0, 1, ...); or name -> (xs, ys), a curve with its own x values (then `x`
+    is not used for it). vline: x position of a dashed vertical line (e.g.
+    between reconstruction and prediction frames), labelled with
+    ``vline_label``. NaN values break a line.
     """
     if not curves:
         raise ValueError("no curves to plot")
-    lengths = {len(v) for v in curves.values()}
-    if len(lengths) != 1:
+    shared = [v for v in curves.values() if not isinstance(v, tuple)]
+    lengths = {len(v) for v in shared}
+    if len(lengths) > 1:
         raise ValueError(f"curves differ in length: {sorted(lengths)}")
-    n = lengths.pop()
-    xs = [float(v) for v in (x if x is not None else range(n))]
-    if len(xs) != n:
-        raise ValueError(f"{len(xs)} x values for curves of length {n}")
+    n_shared = lengths.pop() if lengths else 0
+    xs_shared = [float(v) for v in (x if x is not None else range(n_shared))]
+    if shared and len(xs_shared) != n_shared:
+        raise ValueError(f"{len(xs_shared)} x values for curves of length {n_shared}")
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for name, vals in curves.items():
+        if isinstance(vals, tuple):
+            cx, cy = vals
+            if len(cx) != len(cy):
+                raise ValueError(f"curve {name!r}: {len(cx)} x values for {len(cy)} y values")
+            series[name] = ([float(v) for v in cx], [float(v) for v in cy])
+        else:
+            series[name] = (xs_shared, [float(v) for v in vals])
+    xs = [v for cx, _ in series.values() for v in cx]
+    if not xs:
+        raise ValueError("the curves have no points")
+    n = max(len(cx) for cx, _ in series.values())
 
     width, height = size
     font, title_font = _font(12), _font(14)
@@ -371,7 +386,7 @@ def plot_curves(
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
 
-    finite = [float(v) for vals in curves.values() for v in vals if math.isfinite(float(v))]
+    finite = [v for _, ys in series.values() for v in ys if math.isfinite(v)]
     y_lo, y_hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if y_hi - y_lo < 1e-12:
         pad = abs(y_lo) * 0.1 or 1.0
@@ -418,11 +433,10 @@ def plot_curves(
         if vline_label:
             draw.text((vx + 4, py0 + 4), vline_label, fill=(90, 90, 90), font=font, anchor="lt")
 
-    for i, (name, vals) in enumerate(curves.items()):
+    for i, (name, (cx, cy)) in enumerate(series.items()):
         color = PLOT_COLORS[i % len(PLOT_COLORS)]
         segment: list[tuple[float, float]] = []
-        for xv, yv in zip(xs, vals):
-            yv = float(yv)
+        for xv, yv in zip(cx, cy):
             if not math.isfinite(yv):
                 if len(segment) > 1:
                     draw.line(segment, fill=color, width=2)

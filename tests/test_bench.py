@@ -23,3 +23,23 @@ def test_train_step_bench_json():
     assert row["batch"] == 2 and row["mode"] == "eager" and row["n"] == 1
     for key in ("median_s", "p25_s", "p75_s", "min_s", "max_s", "peak_rss_gib", "flops", "gflop_per_s"):
         assert isinstance(row[key], (int, float)) and row[key] > 0, key
+
+
+def test_learning_curve_scores_every_snapshot(tmp_path: Path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = [sys.executable, "train.py", "--config", "configs/smoke.toml", "--out", str(run), "--device", "cpu",
+             "--quiet", "--threads", "1", "--stop-after", "3", "--snapshot-minutes", "0.000001,0.000002,600"]
+    proc = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "curve"
+    cmd = [sys.executable, "bench/learning_curve.py", str(run), "--out", str(out), "--n", "4", "--batch-size", "4"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    [records] = json.loads((out / "curve.json").read_text()).values()
+    assert [r["minutes"] for r in records] == [0.000001, 0.000002]  # the 600-minute one was never reached
+    assert records[0]["step"] <= records[1]["step"] and all(r["num_sequences"] == 4 for r in records)
+    assert (out / "curve.png").stat().st_size > 0 and "| run | minutes |" in (out / "curve.md").read_text()
+    proc = subprocess.run([sys.executable, "bench/learning_curve.py", str(tmp_path), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "no min_*.pt snapshots" in proc.stderr

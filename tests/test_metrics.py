@@ -122,6 +122,21 @@ def test_ssim_matches_naive_loop():
     assert M.ssim_map(torch.rand(1, 1, 1, 16, 20), torch.rand(1, 1, 1, 16, 20)).shape == (1, 1, 1, 6, 10)
 
 
+def test_float32_ssim_agrees_with_float64():
+    """The cancellation-prone case: near-constant bright patches (tiny variance) next to black."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.zeros(3, 4, 1, 32, 32, dtype=torch.float64)
+    x[..., 4:20, 6:24] = 0.9 + 1e-3 * torch.rand(3, 4, 1, 16, 18, generator=g, dtype=torch.float64)
+    y = (x + 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    y[0] = x[0] + 1e-4  # almost identical frames: SSIM near 1, every term at its most sensitive
+    x[1] = 0.6 + 1e-3 * torch.rand(x[1].shape, generator=g, dtype=torch.float64)  # bright, nearly flat frames
+    y[1] = x[1] + 1e-3 * torch.rand(x[1].shape, generator=g, dtype=torch.float64)
+    exact = M.ssim_per_frame(x, y)
+    single = M.ssim_per_frame(x.float(), y.float())
+    assert single.dtype == torch.float32
+    assert (single.double() - exact).abs().max() < 1e-5
+
+
 def test_masked_ssim_averages_scored_centres():
     rng = np.random.default_rng(1)
     x = rng.random((20, 16)).astype(np.float32)

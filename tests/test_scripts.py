@@ -158,3 +158,17 @@ def test_bad_override_and_missing_checkpoint(tmp_path: Path):
     assert proc.returncode == 1 and "checkpoint not found" in proc.stderr
     proc = run("train.py", "--resume", str(tmp_path / "nothing"), check=False)
     assert proc.returncode == 1 and "checkpoint not found" in proc.stderr
+
+
+def test_fast_recipe_trains_a_few_steps(tmp_path: Path):
+    """configs/s2_fast.toml (the 30-minute CPU recipe, docs/results.md) as shipped, with a tiny batch."""
+    out = tmp_path / "fast"
+    run("train.py", "--config", str(ROOT / "configs" / "s2_fast.toml"), "--out", str(out), "--device", "cpu",
+        "--stop-after", "3", "--set", "train.batch_size=2", "--set", "train.eval_every=3",
+        "--set", "train.eval_size=4", "--set", "train.log_every=1")
+    recorded = losses(out)
+    assert sorted(recorded) == [1, 2, 3] and all(math.isfinite(v) for v in recorded.values())
+    state = torch.load(out / "latest.pt", weights_only=True)
+    stored = state["config"]
+    assert stored["data"]["scenario"] == "s2" and stored["train"]["batch_size"] == 2
+    assert stored["model"]["pose_std_init"] > 0 and stored["schedule"]["kl_warmup_steps"] > 0
