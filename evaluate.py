@@ -113,6 +113,10 @@ def results_table(metrics: dict) -> str:
     ]
     if miss:
         notes.append(f"Presence decisions: accuracy {miss['accuracy']:.3f}, F1 of the missing class {miss['f1']:.3f}.")
+    track = metrics.get("tracking_px", {})
+    if track.get("input") is not None:
+        notes.append(f"Tracking: a digit's centre is {track['input']:.2f} px from its slot's centre on the input "
+                     f"frames where it is visible, {track['future']:.2f} px on the predicted frames.")
     return "\n".join(lines + notes) + "\n"
 
 

@@ -103,6 +103,10 @@ class ModelConfig:
     use_imputation: bool = True
     use_dynamic_appearance: bool = True
     straight_through: bool = False  # hard 0/1 presence in the forward pass, relaxed gradient
+    # > 0: a learned per-slot offset of the initial pose, started with the slots spread on a
+    # circle of this radius (raw translation units; 0.5 puts two slots ~25 px apart at
+    # scale 3). 0 = none: every slot starts at the centre, as the original.
+    slot_spread: float = 0.0
     # Initial posterior std of the Gaussian latents, set through the bias of each scale head
     # (the weights start near 0, so every posterior starts near this std). 0 = plain init:
     # softplus(0) ~ 0.69, as the original. Initialisation only: not an architecture key.
@@ -396,6 +400,7 @@ def validate(cfg: Config) -> Config:
     for key in ("feat_dim", "app_dim", "hidden", "dyn_dim", "conv_width"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "at least 1")
     _require(m.scale_prior > 1, "model.scale_prior", m.scale_prior, "> 1 (s is clamped to prior +- 1)")
+    _require(0 <= m.slot_spread <= 3, "model.slot_spread", m.slot_spread, "in [0, 3]")
     for key in ("pose_std_init", "app_std_init"):
         value = getattr(m, key)
         _require(value == 0 or 1e-3 <= value <= 10, f"model.{key}", value, "0 (plain init) or in [0.001, 10]")

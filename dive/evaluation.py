@@ -13,6 +13,10 @@ What is scored (reference section 4, with quirk 7 fixed):
   to digits (the assignment that keeps slot centres closest to digit centres
   on the observed frames); for datasets without digit positions (pedestrians)
   a frame counts as present when any slot is;
+* ``tracking_px``: mean pixel distance from each digit's centre to the centre
+  of its matched slot (same matching), on input frames where the digit is
+  visible and on the predicted future frames: how well the poses follow the
+  digits, whatever the slots look like;
 * ``nelbo``: -ELBO per element. The model is in eval mode, so the latents are at
   their posterior means and presence decisions are hard: this is the ELBO's
   value at the mean, deterministic, with every KL in closed form;
@@ -51,6 +55,27 @@ def _digit_boxes(positions: Tensor, image_size: int, digit_size: int) -> Tensor:
     return (in_y.unsqueeze(-1) & in_x.unsqueeze(-2)).to(positions.dtype)
 
 
+def tracking_errors(out, batch: dict[str, Tensor], image_size: int) -> tuple[Tensor, Tensor] | None:
+    """Pixel distance between each digit's centre and the centre of the slot matched to it.
+
+    Slots are matched to digits as for the presence scores (on the observed
+    input frames). Returns (input, future): distances (b t_in d) on the input
+    frames, with NaN where the digit is missing, and (b t_out d) on the future
+    frames; None for datasets without digit positions.
+    """
+    positions = batch.get("positions")
+    labels = batch["present"]
+    t_in = out.presence_hard.shape[1]
+    if positions is None or positions.shape[2] == 0 or positions.shape[2] != labels.shape[2]:
+        return None
+    centres = pose_centres(out.pose.float())  # (b T k 2)
+    perm = match_slots(centres[:, :t_in], positions[:, :t_in].float(), weights=labels.float())
+    matched = gather_slots(centres, perm)  # (b T d 2)
+    dist = torch.linalg.vector_norm(matched - positions[:, : matched.shape[1]].float(), dim=-1) * image_size / 2
+    inside = torch.where(labels > 0.5, dist[:, :t_in], torch.full_like(dist[:, :t_in], float("nan")))
+    return inside, dist[:, t_in:]
+
+
 def presence_alignment(out, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Decisions and labels of the same shape: per digit (slots matched) or per frame."""
     labels = batch["present"]
@@ -79,6 +104,7 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
     presence = MetricAccumulator()
     neg_elbo, n_elements = 0.0, 0
     imp_sum, imp_count = 0.0, 0
+    track = {"input": [0.0, 0], "future": [0.0, 0]}  # sum of pixel distances, count
     t_out = cfg.data.t_out
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
@@ -97,6 +123,12 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
         neg_elbo += -float(e.total)
         n_elements += e.n_elements
         presence.update_presence(*presence_alignment(out, batch))
+        errors = tracking_errors(out, batch, cfg.data.image_size)
+        if errors is not None:
+            for key, d in zip(("input", "future"), errors):
+                seen = ~torch.isnan(d)
+                track[key][0] += float(d[seen].sum())
+                track[key][1] += int(seen.sum())
 
         if "positions" in batch and batch["positions"].shape[2] == batch["present"].shape[2]:
             boxes = _digit_boxes(batch["positions"][:, : cfg.data.t_in].float(), cfg.data.image_size,
@@ -127,6 +159,9 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
         "imputation": {"mse_per_missing_digit": imp_sum / imp_count if imp_count else None,
                        "num_missing": imp_count},
         "missing": presence.result().get("presence", {}),
+        # mean distance (pixels) from each digit's centre to its matched slot's centre: input frames
+        # where the digit is visible, and predicted future frames; None without digit positions
+        "tracking_px": {key: (total / count if count else None) for key, (total, count) in track.items()},
         "per_frame": {"rec": rec["per_frame"], "pred": pred["per_frame"]},
         "num_sequences": n,
     }

@@ -92,7 +92,8 @@ class DIVE(nn.Module):
 
         self.frame_encoder = FrameEncoder(d.channels, d.image_size, m.feat_dim, m.conv_width)
         self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
-                                  use_imputation=m.use_imputation, straight_through=m.straight_through)
+                                  use_imputation=m.use_imputation, straight_through=m.straight_through,
+                                  slot_spread=m.slot_spread)
         self.appearance = AppearanceInference(d.channels, self.obj_size, m.app_dim, m.hidden, m.dyn_dim,
                                               m.n_slots, d.t_out, m.conv_width,
                                               use_dynamic=m.use_dynamic_appearance, min_scale=self.min_scale)

@@ -194,6 +194,7 @@ def test_optional_keys_accept_values_and_fall_back_to_scenario():
     ("schedule.gamma_imp=1.0", "schedule.gamma_imp"),
     ("train.lr=nan", "train.lr"),
     ("model.pose_std_init=-0.1", "model.pose_std_init"),
+    ("model.slot_spread=-0.5", "model.slot_spread"),
     ("model.app_std_init=0.0001", "model.app_std_init"),
 ])
 def test_out_of_range_rejected_naming_the_key(override, key):

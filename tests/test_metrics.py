@@ -274,3 +274,29 @@ def test_baselines():
     assert rec.shape == (2, 4, 1, 8, 8) and pred.shape == (2, 5, 1, 8, 8)
     mean = x.mean(dim=1)
     assert torch.allclose(rec[:, 2], mean) and torch.allclose(pred[:, 4], mean)
+
+
+def test_tracking_errors_measure_pixels_after_matching():
+    from types import SimpleNamespace
+
+    from dive.evaluation import tracking_errors
+
+    b, t_in, t_out, size = 2, 3, 2, 64
+    T = t_in + t_out
+    g = torch.Generator().manual_seed(0)
+    positions = torch.rand(b, T, 2, 2, generator=g) - 0.5  # (b T d xy) digit centres
+    present = torch.ones(b, t_in, 2)
+    present[0, 1, 0] = 0  # digit 0 missing in frame 1 of sequence 0
+    s = 3.0
+    # slot 1 sits exactly on digit 0, slot 0 on digit 1 shifted 4 px to the right (pose = (s, -s c))
+    centres = torch.stack([positions[:, :, 1] + torch.tensor([8 / size, 0.0]), positions[:, :, 0]], dim=2)
+    pose = torch.cat([torch.full((b, T, 2, 1), s), -s * centres], dim=-1)
+    out = SimpleNamespace(pose=pose, presence_hard=torch.ones(b, t_in, 2))
+    inside, future = tracking_errors(out, {"positions": positions, "present": present}, size)
+    assert inside.shape == (b, t_in, 2) and future.shape == (b, t_out, 2)
+    assert torch.isnan(inside[0, 1, 0]) and torch.isnan(inside).sum() == 1
+    torch.testing.assert_close(inside[..., 0].nan_to_num(0.0), torch.zeros(b, t_in))
+    torch.testing.assert_close(inside[..., 1], torch.full((b, t_in), 4.0))
+    torch.testing.assert_close(future[..., 1], torch.full((b, t_out), 4.0))
+    no_digits = {"positions": torch.zeros(b, T, 0, 2), "present": present[..., :1]}
+    assert tracking_errors(out, no_digits, size) is None

@@ -22,6 +22,7 @@ ABLATIONS = {
     "no_dynamic": ModelConfig(use_dynamic_appearance=False),
     "ddpae": ModelConfig(use_imputation=False, use_dynamic_appearance=False),
     "straight_through": ModelConfig(straight_through=True),
+    "slot_spread": ModelConfig(slot_spread=0.5),
 }
 
 
@@ -186,6 +187,21 @@ def test_posterior_std_init_sets_the_starting_scales(pose_std, app_std):
     # the plain init is softplus(0) ~ 0.69 for all three
     plain = make(ModelConfig(), DataConfig(t_in=4, t_out=2)).train()(video(model))
     assert (plain.pose_sigma - 0.693).abs().max() < 0.1 and (plain.app_sigma - 0.693).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("n_slots", [2, 3])
+def test_slot_spread_starts_slots_apart(n_slots):
+    from dive.metrics import pose_centres
+
+    data = DataConfig(t_in=4, t_out=2)
+    spread = make(ModelConfig(n_slots=n_slots, slot_spread=0.5), data).eval()
+    plain = make(ModelConfig(n_slots=n_slots), data).eval()
+    x = video(spread)
+    for model, apart in ((spread, True), (plain, False)):
+        centres = pose_centres(model(x).pose[:, 0]) * 32  # (b k 2) pixels from the centre
+        gaps = torch.cdist(centres, centres)[:, ~torch.eye(n_slots, dtype=torch.bool)]
+        assert (gaps > 15).all() if apart else (gaps < 3).all(), gaps
+    assert set(dict(spread.named_parameters())) - set(dict(plain.named_parameters())) == {"pose.init_slot_offset"}
 
 
 def test_imputation_ignores_encoding_where_weight_is_zero():

@@ -50,6 +50,7 @@ def test_evaluate_end_to_end(smoke_run: Path, tmp_path: Path):
     assert metrics["num_sequences"] == 8 and metrics["step"] == 6 and metrics["scenario"] == "s3"
     assert len(metrics["per_frame"]["rec"]["mse"]) == 6 and len(metrics["per_frame"]["pred"]["mse"]) == 2
     assert metrics["imputation"]["num_missing"] > 0
+    assert metrics["tracking_px"]["input"] >= 0 and metrics["tracking_px"]["future"] >= 0
     for name in ("results.md", "per_frame.png", "examples/seq_000.png", "examples/seq_001.gif"):
         assert (out / name).is_file(), name
     table = (out / "results.md").read_text()

@@ -65,7 +65,7 @@ class PosePosterior:
 
 class PoseInference(nn.Module):
     def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float,
-                 use_imputation: bool = True, straight_through: bool = False):
+                 use_imputation: bool = True, straight_through: bool = False, slot_spread: float = 0.0):
         super().__init__()
         self.hidden, self.n_slots, self.t_out = hidden, n_slots, t_out
         self.use_imputation, self.straight_through = use_imputation, straight_through
@@ -95,6 +95,17 @@ class PoseInference(nn.Module):
         # first updates would be spent on finding the scale.
         with torch.no_grad():
             self.init_mu.bias.copy_(torch.tensor([scale_prior, 0.0, 0.0]))
+        # Optional learned per-slot offset of the initial-pose mean, started with the slots spread
+        # evenly on a circle of raw radius `slot_spread` around the centre. Without it every slot
+        # starts at the same pose, receives nearly the same gradient and tends to stay on top of
+        # the others (docs/results.md).
+        if slot_spread > 0:
+            angle = 2 * math.pi * torch.arange(n_slots) / n_slots
+            offset = torch.stack([torch.zeros(n_slots), slot_spread * torch.cos(angle),
+                                  slot_spread * torch.sin(angle)], dim=-1)
+            self.init_slot_offset = nn.Parameter(offset)  # (k 3)
+        else:
+            self.init_slot_offset = None
 
     # ----------------------------------------------------------------- stages
 
@@ -160,7 +171,10 @@ class PoseInference(nn.Module):
     def initial_pose(self, first: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         """Imputation output after frame 0 ((b k) h) -> initial-pose mean and scale (b k 3)."""
         out, _ = self.init_rnn(rearrange(first, "(b k) h -> b k h", b=batch))
-        return self.init_mu(out), positive_scale(self.init_sigma(out))
+        mu = self.init_mu(out)
+        if self.init_slot_offset is not None:
+            mu = mu + self.init_slot_offset
+        return mu, positive_scale(self.init_sigma(out))
 
     # ----------------------------------------------------------------- all together
 
