@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dive import checkpoint
+from dive.allocator import retain_freed_memory
 from dive.config import ConfigError
 from dive.data import DataError, build_dataset, load_test_set
 from dive.engine import build_model, resolve_device
@@ -134,6 +135,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         device = resolve_device(args.device)
+        if device.type == "cpu":
+            retain_freed_memory()  # as in training: freed buffers stay in the process (docs/performance.md)
         state = checkpoint.load(args.ckpt, map_location="cpu")
         cfg = checkpoint.config_of(state, args.ckpt)
         model = build_model(cfg)

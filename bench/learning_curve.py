@@ -9,7 +9,7 @@ Train with time snapshots, then score every snapshot on the fixed test set:
 Snapshots already scored in an existing --out/curve.json (same run, minutes,
 step and number of sequences) are not scored again, so the script can be
 rerun while a run is still going. Writes curve.json (one record per snapshot: minutes, step, Rec/Pred MSE and
-BCE, presence F1), curve.md (the same as a table) and curve.png (MSE against
+BCE, presence F1, tracking error), curve.md (the same as a table) and curve.png (MSE against
 minutes, with the original implementation's points from the issue tracker:
 same machine, s2, batch 16, its own 256 test sequences).
 """
@@ -57,19 +57,26 @@ def score(path: Path, n: int, batch_size: int) -> dict:
         "minutes": snapshot_minutes(path), "elapsed_s": float(state.get("extra", {}).get("elapsed", float("nan"))),
         "step": int(state["step"]), "rec_mse": m["rec"]["mse"], "pred_mse": m["pred"]["mse"],
         "rec_bce": m["rec"]["bce"], "pred_bce": m["pred"]["bce"], "missing_f1": m["missing"]["f1"],
+        "tracking_input_px": m["tracking_px"]["input"], "tracking_future_px": m["tracking_px"]["future"],
         "num_sequences": m["num_sequences"],
     }
 
 
+def _px(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"  # None: a dataset without digit positions
+
+
 def table(runs: dict[str, list[dict]]) -> str:
-    lines = ["| run | minutes | steps | Rec MSE | Pred MSE | Rec BCE | Pred BCE | presence F1 (missing) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | minutes | steps | Rec MSE | Pred MSE | Rec BCE | Pred BCE | presence F1 (missing) "
+             "| tracking px (input / future) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, records in runs.items():
         for r in records:
             lines.append(f"| {name} | {r['minutes']:g} | {r['step']:,} | {r['rec_mse']:.1f} | {r['pred_mse']:.1f} | "
-                         f"{r['rec_bce']:.0f} | {r['pred_bce']:.0f} | {r['missing_f1']:.2f} |")
+                         f"{r['rec_bce']:.0f} | {r['pred_bce']:.0f} | {r['missing_f1']:.2f} | "
+                         f"{_px(r['tracking_input_px'])} / {_px(r['tracking_future_px'])} |")
     for minutes, rec, pred, f1 in ORIGINAL:
-        lines.append(f"| original (issue tracker, 256 other seqs) | {minutes} | - | {rec} | {pred} | - | - | {f1} |")
+        lines.append(f"| original (issue tracker, 256 other seqs) | {minutes} | - | {rec} | {pred} | - | - | {f1} | - |")
     return "\n".join(lines) + "\n"
 
 
