@@ -55,38 +55,45 @@ def _digit_boxes(positions: Tensor, image_size: int, digit_size: int) -> Tensor:
     return (in_y.unsqueeze(-1) & in_x.unsqueeze(-2)).to(positions.dtype)
 
 
-def tracking_errors(out, batch: dict[str, Tensor], image_size: int) -> tuple[Tensor, Tensor] | None:
-    """Pixel distance between each digit's centre and the centre of the slot matched to it.
-
-    Slots are matched to digits as for the presence scores (on the observed
-    input frames). Returns (input, future): distances (b t_in d) on the input
-    frames, with NaN where the digit is missing, and (b t_out d) on the future
-    frames; None for datasets without digit positions.
-    """
+def match_digits(out, batch: dict[str, Tensor]) -> Tensor | None:
+    """perm (b d): the slot matched to each digit (the assignment that keeps slot centres closest to
+    digit centres on the input frames where the digit is visible); None without digit positions."""
     positions = batch.get("positions")
     labels = batch["present"]
-    t_in = out.presence_hard.shape[1]
     if positions is None or positions.shape[2] == 0 or positions.shape[2] != labels.shape[2]:
         return None
-    centres = pose_centres(out.pose.float())  # (b T k 2)
-    perm = match_slots(centres[:, :t_in], positions[:, :t_in].float(), weights=labels.float())
-    matched = gather_slots(centres, perm)  # (b T d 2)
-    dist = torch.linalg.vector_norm(matched - positions[:, : matched.shape[1]].float(), dim=-1) * image_size / 2
+    t_in = labels.shape[1]
+    return match_slots(pose_centres(out.pose[:, :t_in].float()), positions[:, :t_in].float(), weights=labels.float())
+
+
+def tracking_errors(out, batch: dict[str, Tensor], image_size: int,
+                    perm: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+    """Pixel distance between each digit's centre and the centre of the slot matched to it.
+
+    perm: the matching (`match_digits`, computed if not given). Returns
+    (input, future): distances (b t_in d) on the input frames, with NaN where
+    the digit is missing, and (b t_out d) on the future frames; None for
+    datasets without digit positions.
+    """
+    perm = match_digits(out, batch) if perm is None else perm
+    if perm is None:
+        return None
+    positions, labels = batch["positions"].float(), batch["present"]
+    t_in = labels.shape[1]
+    matched = gather_slots(pose_centres(out.pose.float()), perm)  # (b T d 2)
+    dist = torch.linalg.vector_norm(matched - positions[:, : matched.shape[1]], dim=-1) * image_size / 2
     inside = torch.where(labels > 0.5, dist[:, :t_in], torch.full_like(dist[:, :t_in], float("nan")))
     return inside, dist[:, t_in:]
 
 
-def presence_alignment(out, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Decisions and labels of the same shape: per digit (slots matched) or per frame."""
+def presence_alignment(out, batch: dict[str, Tensor], perm: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Decisions and labels of the same shape: per digit (slots matched by `perm`, computed if not
+    given) or, without digit positions, per frame (present when any slot is)."""
     labels = batch["present"]
     decisions = out.presence_hard
-    positions = batch.get("positions")
-    t_in = decisions.shape[1]
-    if positions is None or positions.shape[2] == 0 or positions.shape[2] != labels.shape[2]:
-        frame_present = decisions.amax(dim=2, keepdim=True)
-        return frame_present, labels.amin(dim=2, keepdim=True)
-    perm = match_slots(pose_centres(out.pose[:, :t_in].float()), positions[:, :t_in].float(),
-                       weights=labels.float())
+    perm = match_digits(out, batch) if perm is None else perm
+    if perm is None:
+        return decisions.amax(dim=2, keepdim=True), labels.amin(dim=2, keepdim=True)
     return gather_slots(decisions, perm), labels
 
 
@@ -122,8 +129,9 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
         e = elbo(out, batch, cfg.loss, future_mask=mask is not None, check_values=False)
         neg_elbo += -float(e.total)
         n_elements += e.n_elements
-        presence.update_presence(*presence_alignment(out, batch))
-        errors = tracking_errors(out, batch, cfg.data.image_size)
+        perm = match_digits(out, batch)
+        presence.update_presence(*presence_alignment(out, batch, perm))
+        errors = tracking_errors(out, batch, cfg.data.image_size, perm)
         if errors is not None:
             for key, d in zip(("input", "future"), errors):
                 seen = ~torch.isnan(d)
