@@ -34,8 +34,8 @@ from torch import Tensor
 
 from .config import Config
 from .elbo import elbo
-from .metrics import (MetricAccumulator, copy_last_baseline, gather_slots, match_slots, mean_frame_baseline,
-                      pose_centres)
+from .metrics import (MetricAccumulator, copy_last_baseline, frame_metrics, gather_slots, match_slots,
+                      mean_frame_baseline, pose_centres)
 
 
 def _score_mask(batch: dict[str, Tensor], cfg: Config) -> Tensor | None:
@@ -112,7 +112,6 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
     neg_elbo, n_elements = 0.0, 0
     imp_sum, imp_count = 0.0, 0
     track = {"input": [0.0, 0], "future": [0.0, 0]}  # sum of pixel distances, count
-    t_out = cfg.data.t_out
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
@@ -122,8 +121,15 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
         else:
             out = model(batch["input"])
         mask = _score_mask(batch, cfg)
-        acc["rec"].update(out.input_rec, batch["input_full"], mask)
-        acc["pred"].update(out.pred, batch["target_full"], mask)
+        # The model's and the baselines' frames against the same targets in one call each: the
+        # targets' SSIM statistics are computed once, and the baselines' still frames once per sequence.
+        recs, preds = {"model": out.input_rec}, {"model": out.pred}
+        if baselines:
+            for name, fn in (("copy_last", copy_last_baseline), ("mean_frame", mean_frame_baseline)):
+                recs[name], preds[name] = fn(batch["input"])
+        for key, frames, target in (("rec", recs, batch["input_full"]), ("pred", preds, batch["target_full"])):
+            for name, scores in zip(frames, frame_metrics(list(frames.values()), target, mask)):
+                (acc if name == "model" else base[name])[key].add(scores)
         acc["masked_rec"].update(out.input_masked, batch["input"], batch["visible"].unsqueeze(1))
         # the datasets (generated, or load_test_set) have already checked their values
         e = elbo(out, batch, cfg.loss, future_mask=mask is not None, check_values=False)
@@ -147,11 +153,6 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
             imp_sum += float((per_digit * missing).sum())
             imp_count += int(missing.sum())
 
-        for name, fn in (("copy_last", copy_last_baseline), ("mean_frame", mean_frame_baseline)):
-            if baselines:
-                rec, pred = fn(batch["input"], t_out)
-                base[name]["rec"].update(rec, batch["input_full"], mask)
-                base[name]["pred"].update(pred, batch["target_full"], mask)
     model.train(was_training)
 
     def summary(a: MetricAccumulator) -> dict:

@@ -33,7 +33,9 @@ SSIM = 0; masks that hide whole frames are not expected.
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Sequence
 
 import torch
 from einops import rearrange, reduce, repeat
@@ -71,13 +73,26 @@ def visible_rows_mask(
 # --------------------------------------------------------------------------- pixel errors
 
 
+def _sum_per_frame(values: Tensor, mask: Tensor | None) -> Tensor:
+    """(b t) sums of (b t c h w) values over each frame's scored pixels."""
+    if mask is not None:
+        values = values * torch.as_tensor(mask, device=values.device).to(values.dtype)
+    return reduce(values, "b t c h w -> b t", "sum")
+
+
+def _count_per_frame(like: Tensor, mask: Tensor | None) -> Tensor:
+    """(b t) number of scored pixels of each frame of ``like`` (b t c h w)."""
+    if mask is None:
+        return like.new_full(like.shape[:2], float(like[0, 0].numel()))
+    return reduce(_expand_mask(mask, like), "b t c h w -> b t", "sum")
+
+
 def mse_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Sum of squared errors over each frame's scored pixels.
 
     pred, target: (b t c h w); mask: broadcastable to them. Returns (b t).
     """
-    m = _expand_mask(mask, pred)
-    return reduce((pred - target) ** 2 * m, "b t c h w -> b t", "sum")
+    return _sum_per_frame((pred - target).square_(), mask)
 
 
 def bce_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -85,10 +100,12 @@ def bce_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> T
 
     pred, target: (b t c h w); mask: broadcastable to them. Returns (b t).
     """
-    m = _expand_mask(mask, pred)
     p = pred.clamp(BCE_CLIP, 1.0 - BCE_CLIP)
-    bce = -(target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
-    return reduce(bce * m, "b t c h w -> b t", "sum")
+    # log(1 - p), not log1p(-p): the clip keeps 1 - p >= 1e-4, where the two agree to float32
+    # rounding, and torch's log1p is several times slower than log on CPU (evaluation's hot loop).
+    log_q = (1.0 - p).log_()
+    # -(y log p + (1 - y) log(1 - p)) written as -(log(1 - p) + y (log p - log(1 - p))): one product fewer
+    return -_sum_per_frame(torch.addcmul(log_q, target, p.log_().sub_(log_q)), mask)
 
 
 def _psnr_from_mse(mse: Tensor) -> Tensor:
@@ -97,19 +114,15 @@ def _psnr_from_mse(mse: Tensor) -> Tensor:
 
 def psnr_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """PSNR (dB, data range 1, capped at 100) of each frame from its per-pixel MSE. Returns (b t)."""
-    m = _expand_mask(mask, pred)
-    sse = reduce((pred - target) ** 2 * m, "b t c h w -> b t", "sum")
-    count = reduce(m, "b t c h w -> b t", "sum").clamp_min(1.0)
-    return _psnr_from_mse(sse / count)
+    return _psnr_from_mse(mse_per_frame(pred, target, mask) / _count_per_frame(pred, mask).clamp_min(1.0))
 
 
 def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """PSNR (dB, data range 1, capped at 100) of each sequence from the per-pixel MSE over all its
     scored pixels (all frames pooled). pred, target: (b t c h w). Returns (b).
     """
-    m = _expand_mask(mask, pred)
-    sse = reduce((pred - target) ** 2 * m, "b t c h w -> b", "sum")
-    count = reduce(m, "b t c h w -> b", "sum").clamp_min(1.0)
+    sse = mse_per_frame(pred, target, mask).sum(dim=1)
+    count = _count_per_frame(pred, mask).sum(dim=1).clamp_min(1.0)
     return _psnr_from_mse(sse / count)
 
 
@@ -133,76 +146,157 @@ def _valid_filter_matrix(size: int, taps: Tensor) -> Tensor:
     return mat
 
 
-def _filter_valid(x: Tensor, taps: Tensor) -> Tensor:
-    """Separable 'valid' filter of (n h w) images -> (n h-s+1 w-s+1).
+@functools.lru_cache(maxsize=8)
+def _filter_matrices(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The two banded matrices of `_filter_valid` for (h w) images: (h-s+1 h) and (w w-s+1).
+
+    Cached: evaluation filters thousands of chunks of the same size. Read-only.
+    """
+    taps = gaussian_window_1d(dtype=dtype).to(device)
+    return _valid_filter_matrix(h, taps), _valid_filter_matrix(w, taps).T.contiguous()
+
+
+def _filter_valid(x: Tensor) -> Tensor:
+    """Separable 'valid' Gaussian filter (the SSIM window) of (n h w) images -> (n h-s+1 w-s+1).
 
     Written as two products with banded matrices rather than a convolution:
-    batched matmul is an order of magnitude faster than float64 conv2d on CPU.
+    batched matmul is several times faster than conv2d with an 11-tap kernel on CPU.
     """
-    h, w = x.shape[-2:]
-    return _valid_filter_matrix(h, taps) @ x @ _valid_filter_matrix(w, taps).T
+    left, right = _filter_matrices(*x.shape[-2:], x.dtype, x.device)
+    return left @ x @ right
 
 
 def ssim_map(pred: Tensor, target: Tensor) -> Tensor:
     """Local SSIM at every 'valid' window position.
 
-    pred, target: (b t c h w). Returns (b t c h-10 w-10); entry (i, j) belongs to
+    pred, target: (b t c h w); pred may also be (b 1 c h w), one frame compared
+    with each target frame. Returns (b t c h-10 w-10); entry (i, j) belongs to
     the window centred on pixel (i + 5, j + 5).
     """
-    b, t, c, h, w = pred.shape
+    return _ssim_maps([pred], target)[0]
+
+
+def _ssim_maps(preds: Sequence[Tensor], target: Tensor) -> list[Tensor]:
+    """`ssim_map` of several predictions of the same target frames, sharing the target's work.
+
+    target: (b t c h w). Each prediction is (b t c h w), or (b 1 c h w): a still
+    frame, compared with every target frame, whose own statistics are filtered
+    once per sequence instead of once per target frame.
+    """
+    b, t, c, h, w = target.shape
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {h}x{w}")
+    _check_predictions(preds, target)
     # float32 (float64 if given), on frames shifted by their own mean: variances and covariances
     # do not change under a shift, and E[x^2] - E[x]^2 then cancels far less (a constant frame
     # is exact). float32 matmuls run about twice as fast as float64 on CPU; tests/test_metrics.py
     # checks the result against float64 on near-constant bright patches.
-    dtype = torch.promote_types(pred.dtype, torch.float32)
-    x = pred.to(dtype)
+    dtype = torch.promote_types(target.dtype, torch.float32)
+    for pred in preds:
+        dtype = torch.promote_types(dtype, pred.dtype)
     y = target.to(dtype)
-    shift_x = x.mean(dim=(-2, -1), keepdim=True)
     shift_y = y.mean(dim=(-2, -1), keepdim=True)
-    x, y = x - shift_x, y - shift_y
-    taps = gaussian_window_1d(dtype=dtype).to(x.device)
-    # The variances enter only as var_x + var_y, so E[x^2] + E[y^2] is filtered as one map (4 maps, not 5).
-    stacked = torch.stack([x, y, x * x + y * y, x * y])  # (4 b t c h w)
-    filtered = _filter_valid(rearrange(stacked, "f b t c h w -> (f b t c) h w"), taps)
-    mu_x, mu_y, e_sq, e_xy = rearrange(filtered, "(f b t c) h w -> f b t c h w", f=4, b=b, t=t, c=c)
-    var_sum = e_sq - mu_x**2 - mu_y**2
-    cov = e_xy - mu_x * mu_y
-    mu_x, mu_y = mu_x + shift_x, mu_y + shift_y  # the taps sum to 1: the shift comes back unchanged
+    y = y - shift_y
+    mu_y = _filter_frames(y)
+    e_yy = None  # local E[y^2], filtered only if a still prediction needs it
+    maps = []
+    for pred in preds:
+        x = pred.to(dtype)
+        shift_x = x.mean(dim=(-2, -1), keepdim=True)
+        if pred.shape[1] == t:
+            # The variances enter only as var_x + var_y, so E[x^2] + E[y^2] is one map: 3 maps
+            # per prediction, 4 with the target's mean (as a lone pair of frames needs).
+            stats = x.new_empty((3, b, t, c, h, w))
+            xs, sq, xy = stats.unbind(0)
+            torch.sub(x, shift_x, out=xs)
+            torch.mul(xs, xs, out=sq).addcmul_(y, y)
+            torch.mul(xs, y, out=xy)
+            mu_x, e_sq, e_xy = _filter_frames(stats)
+        else:
+            if e_yy is None:
+                e_yy = _filter_frames(y.square())
+            x = x - shift_x
+            mu_x, e_xx = _filter_frames(torch.stack([x, x.square()]))  # (b 1 ...): once per sequence
+            e_xy = _filter_frames(x * y)
+            e_sq = e_yy + e_xx
+        maps.append(_ssim_from_moments(mu_x, mu_y, e_sq, e_xy, shift_x, shift_y).to(pred.dtype))
+    return maps
+
+
+def _check_predictions(preds: Sequence[Tensor], target: Tensor) -> None:
+    b, t, c, h, w = target.shape
+    for pred in preds:
+        if pred.dim() != 5 or pred.shape[0] != b or pred.shape[1] not in (1, t) or pred.shape[2:] != target.shape[2:]:
+            raise ValueError(f"expected a prediction of shape ({b}, {t} or 1, {c}, {h}, {w}) "
+                             f"for a target of shape {tuple(target.shape)}, got {tuple(pred.shape)}")
+
+
+def _filter_frames(x: Tensor) -> Tensor:
+    """`_filter_valid` of (... h w) frames of any leading shape -> (... h-10 w-10)."""
+    h, w = x.shape[-2:]
+    return _filter_valid(x.reshape(-1, h, w)).reshape(*x.shape[:-2], h - SSIM_WINDOW + 1, w - SSIM_WINDOW + 1)
+
+
+def _ssim_from_moments(mu_x: Tensor, mu_y: Tensor, e_sq: Tensor, e_xy: Tensor, shift_x: Tensor,
+                       shift_y: Tensor) -> Tensor:
+    """SSIM from the local moments of mean-shifted frames x, y (shapes broadcast to b t c h' w').
+
+    mu_x, mu_y: local means; e_sq: local E[x^2] + E[y^2]; e_xy: local E[xy];
+    shift_x, shift_y: the per-frame shifts. Overwrites e_sq and e_xy (this is
+    the hot loop of evaluation); mu_x and mu_y are left as they are.
+    """
     c1 = (SSIM_K1 * 1.0) ** 2
     c2 = (SSIM_K2 * 1.0) ** 2
-    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (var_sum + c2)
-    return (num / den).to(pred.dtype)
+    # structure: (2 cov + c2) / (var_x + var_y + c2), with cov = E[xy] - mu_x mu_y
+    cs_num = e_xy.sub_(mu_x * mu_y).mul_(2.0).add_(c2)
+    cs_den = e_sq.sub_(mu_x.square()).sub_(mu_y.square()).add_(c2)
+    # luminance: (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1) on the unshifted means (the taps
+    # sum to 1, so a frame's shift comes back unchanged)
+    mean_x, mean_y = mu_x + shift_x, mu_y + shift_y
+    l_num = (mean_x * mean_y).mul_(2.0).add_(c1)
+    l_den = mean_y.square_().add_(mean_x.square_()).add_(c1)
+    return l_num.mul_(cs_num).div_(l_den.mul_(cs_den))
 
 
-SSIM_CHUNK = 16  # frames per pass
+SSIM_CHUNK = 32  # target frames per pass
 
 
 def ssim_per_frame(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean SSIM of each frame (channels averaged). With a mask, only window positions whose
-    centre pixel is scored count. pred, target: (b t c h w). Returns (b t).
-
-    Frames are scored SSIM_CHUNK at a time: the statistic maps of a chunk
-    stay in cache, which made evaluation's SSIM calls 1.5x faster at batch 64
-    than one pass over the batch (and bounds their memory).
+    centre pixel is scored count. pred, target: (b t c h w); pred may also be (b 1 c h w), one
+    frame compared with each target frame. Returns (b t).
     """
-    b = pred.shape[0]
-    frames = [rearrange(v, "b t c h w -> (b t) 1 c h w") for v in (pred, target)]
+    return ssim_per_frame_many([pred], target, mask)[0]
+
+
+def ssim_per_frame_many(preds: Sequence[Tensor], target: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+    """`ssim_per_frame` of several predictions of the same target: the target's local statistics
+    are filtered once for all of them. Each pred (b t c h w) or (b 1 c h w); returns (b t) each.
+
+    Sequences are scored a few at a time (about SSIM_CHUNK target frames): the
+    statistic maps of a chunk stay in cache, which made evaluation's SSIM 1.5x
+    faster at batch 64 than one pass over the batch (and bounds its memory).
+    """
+    _check_predictions(preds, target)
+    b, t = target.shape[:2]
     if mask is not None:
-        frames.append(rearrange(_expand_mask(mask, pred), "b t c h w -> (b t) 1 c h w"))
-    chunks = zip(*(v.split(SSIM_CHUNK) for v in frames))
-    per_frame = torch.cat([_ssim_of_frames(*chunk) for chunk in chunks], dim=0)
-    return rearrange(per_frame, "(b t) 1 -> b t", b=b)
+        mask = _expand_mask(mask, target)
+    per_chunk = max(1, SSIM_CHUNK // t)
+    scores: list[list[Tensor]] = [[] for _ in preds]
+    for start in range(0, b, per_chunk):
+        sl = slice(start, start + per_chunk)
+        maps = _ssim_maps([p[sl] for p in preds], target[sl])
+        for out, smap in zip(scores, maps):
+            out.append(_mean_over_centres(smap, None if mask is None else mask[sl]))
+    return [torch.cat(s, dim=0) for s in scores]
 
 
-def _ssim_of_frames(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    smap = ssim_map(pred, target)
+def _mean_over_centres(smap: Tensor, mask: Tensor | None) -> Tensor:
+    """(b t) mean of SSIM maps (b t c h' w') over the windows whose centre pixel is scored."""
     if mask is None:
         return reduce(smap, "b t c h w -> b t", "mean")
     r = SSIM_WINDOW // 2
-    h, w = pred.shape[-2:]
+    h, w = mask.shape[-2:]
     centres = mask[..., r : h - r, r : w - r]
     total = reduce(smap * centres, "b t c h w -> b t", "sum")
     count = reduce(centres, "b t c h w -> b t", "sum").clamp_min(1.0)
@@ -307,15 +401,26 @@ def gather_slots(x: Tensor, perm: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _frame_metrics(pred: Tensor, target: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
-    pred = pred.float()
+def frame_metrics(preds: Sequence[Tensor], target: Tensor, mask: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """Per-frame metrics of several predictions of the same target frames.
+
+    target: (b t c h w). Each prediction is (b t c h w), or (b 1 c h w): a still
+    frame, compared with every target frame (the baselines). Work that depends
+    on the target alone (its SSIM statistics) is done once for all predictions.
+    Returns, per prediction, a dict of (b t) tensors: ``mse``, ``bce``, ``psnr``,
+    ``ssim``, and ``pixels``, the number of scored pixels of each frame (for the
+    pooled per-sequence PSNR).
+    """
     target = target.float()
-    return {
-        "mse": mse_per_frame(pred, target, mask),
-        "bce": bce_per_frame(pred, target, mask),
-        "psnr": psnr_per_frame(pred, target, mask),
-        "ssim": ssim_per_frame(pred, target, mask),
-    }
+    preds = [p.float() for p in preds]
+    pixels = _count_per_frame(target, mask)
+    ssims = ssim_per_frame_many(preds, target, mask)
+    out = []
+    for pred, ssim in zip(preds, ssims):
+        mse = mse_per_frame(pred, target, mask)
+        out.append({"mse": mse, "bce": bce_per_frame(pred, target, mask),
+                    "psnr": _psnr_from_mse(mse / pixels.clamp_min(1.0)), "ssim": ssim, "pixels": pixels})
+    return out
 
 
 class MetricAccumulator:
@@ -344,8 +449,14 @@ class MetricAccumulator:
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        per_frame = _frame_metrics(pred, target, mask)
-        sums = {name: v.double().sum(dim=0).cpu() for name, v in per_frame.items()}
+        """Score a batch: pred (b t c h w) or a still frame (b 1 c h w), target (b t c h w)."""
+        self.add(frame_metrics([pred], target, mask)[0])
+
+    @torch.no_grad()
+    def add(self, per_frame: dict[str, Tensor]) -> None:
+        """Feed one prediction's entry of `frame_metrics` (to score several predictions of one
+        target at once, each into its own accumulator)."""
+        sums = {name: per_frame[name].double().sum(dim=0).cpu() for name in self.NAMES}
         if self.frame_sums is None:
             self.frame_sums = sums
         else:
@@ -353,8 +464,10 @@ class MetricAccumulator:
                 raise ValueError("all batches fed to one accumulator must have the same number of frames")
             for name in self.NAMES:
                 self.frame_sums[name] += sums[name]
-        self.psnr_seq_sum += float(psnr(pred.float(), target.float(), mask).double().sum())
-        self.num_sequences += pred.shape[0]
+        # per-sequence PSNR pools all scored pixels of a sequence's frames
+        sse, pixels = per_frame["mse"].sum(dim=1), per_frame["pixels"].sum(dim=1).clamp_min(1.0)
+        self.psnr_seq_sum += float(_psnr_from_mse(sse / pixels).double().sum())
+        self.num_sequences += per_frame["mse"].shape[0]
 
     @torch.no_grad()
     def update_presence(self, decisions: Tensor, labels: Tensor) -> None:
@@ -387,26 +500,22 @@ def sequence_metrics(pred: Tensor, target: Tensor, mask: Tensor | None = None) -
 # --------------------------------------------------------------------------- baselines
 
 
-def copy_last_baseline(input_observed: Tensor, t_out: int) -> tuple[Tensor, Tensor]:
+def copy_last_baseline(input_observed: Tensor) -> tuple[Tensor, Tensor]:
     """Reconstruction = the observed input itself; prediction = its last frame held still.
 
     input_observed: (b t_in c h w), as the model sees it (occlusions and missing
     digits included, so the reconstruction shows what was hidden as hidden).
-    Returns rec (b t_in c h w) and pred (b t_out c h w).
+    Returns rec (b t_in c h w) and pred (b 1 c h w): one still frame, which the
+    metrics compare with every future frame.
     """
-    rec = input_observed.clone()
-    pred = repeat(input_observed[:, -1], "b c h w -> b t c h w", t=t_out).clone()
-    return rec, pred
+    return input_observed, input_observed[:, -1:]
 
 
-def mean_frame_baseline(input_observed: Tensor, t_out: int) -> tuple[Tensor, Tensor]:
+def mean_frame_baseline(input_observed: Tensor) -> tuple[Tensor, Tensor]:
     """Every frame, input and future, is the temporal mean of the observed input frames.
 
-    input_observed: (b t_in c h w). Returns rec (b t_in c h w) and pred (b t_out c h w).
+    input_observed: (b t_in c h w). Returns rec and pred, both that mean as one
+    still frame (b 1 c h w), which the metrics compare with every frame.
     """
-    t_in = input_observed.shape[1]
-    mean = reduce(input_observed, "b t c h w -> b c h w", "mean")
-    rec = repeat(mean, "b c h w -> b t c h w", t=t_in).clone()
-    pred = repeat(mean, "b c h w -> b t c h w", t=t_out).clone()
-    return rec, pred
-
+    mean = reduce(input_observed, "b t c h w -> b 1 c h w", "mean")
+    return mean, mean

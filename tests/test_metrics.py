@@ -70,6 +70,33 @@ def test_masked_errors_ignore_hidden_rows():
     assert torch.allclose(M.bce_per_frame(pred, target, mask), bce_visible, atol=1e-4)
 
 
+
+def test_bce_matches_torch_in_float64_including_the_clip():
+    """Oracle: torch's binary_cross_entropy in float64 on the clipped prediction, over the whole
+    range of predictions (exact 0 and 1, both sides of the clip, tiny and near-one values) and
+    soft as well as binary targets."""
+    g = torch.Generator().manual_seed(2)
+    edges = torch.tensor([0.0, 1e-6, 1e-4, 2e-4, 1e-3, 0.5, 1 - 1e-3, 1 - 2e-4, 1 - 1e-5, 1.0])
+    pred = torch.cat([edges, torch.rand(54, generator=g)]).reshape(1, 1, 1, 8, 8).expand(2, 3, 1, 8, 8)
+    target = torch.rand(2, 3, 1, 8, 8, generator=g)
+    target[0] = (target[0] > 0.5).float()
+    p64 = pred.double().clamp(M.BCE_CLIP, 1 - M.BCE_CLIP)
+    oracle = torch.nn.functional.binary_cross_entropy(p64, target.double(), reduction="none").sum(dim=(2, 3, 4))
+    got = M.bce_per_frame(pred, target)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), oracle, rtol=1e-5, atol=0)
+
+
+def test_psnr_of_a_sequence_skips_fully_hidden_frames():
+    """Per-sequence PSNR pools the scored pixels: a frame with none adds nothing to the count."""
+    target = torch.zeros(1, 2, 1, 4, 4)
+    pred = torch.full_like(target, 0.1)  # every pixel off by 0.1: mse 0.01, 20 dB
+    mask = torch.ones(1, 2, 1, 4, 4)
+    mask[:, 1] = 0.0
+    assert M.psnr(pred, target, mask).item() == pytest.approx(20.0, abs=1e-4)
+    assert M.psnr_per_frame(pred, target, mask)[0].tolist() == pytest.approx([20.0, M.PSNR_MAX_DB], abs=1e-4)
+
+
 # --------------------------------------------------------------------------- SSIM
 
 
@@ -135,6 +162,20 @@ def test_float32_ssim_agrees_with_float64():
     single = M.ssim_per_frame(x.float(), y.float())
     assert single.dtype == torch.float32
     assert (single.double() - exact).abs().max() < 1e-5
+
+
+
+def test_ssim_leaves_its_inputs_and_filters_untouched():
+    """ssim_map works in place on its own buffers only: the inputs and the cached filter matrices
+    stay as they were, so a second call gives the same values."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(2, 3, 1, 24, 24, generator=g), torch.rand(2, 3, 1, 24, 24, generator=g)
+    x0, y0 = x.clone(), y.clone()
+    first = M.ssim_map(x, y)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    assert torch.equal(M.ssim_map(x, y), first)
+    expected = naive_ssim_map(x[1, 2, 0].double().numpy(), y[1, 2, 0].double().numpy())
+    assert first[1, 2].mean().item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_masked_ssim_averages_scored_centres():
@@ -265,15 +306,65 @@ def test_accumulator_equals_one_shot():
 
 def test_baselines():
     x = torch.rand(2, 4, 1, 8, 8)
-    rec, pred = M.copy_last_baseline(x, t_out=3)
+    rec, pred = M.copy_last_baseline(x)
     assert rec.shape == x.shape and torch.equal(rec, x)
-    assert pred.shape == (2, 3, 1, 8, 8)
-    assert all(torch.equal(pred[:, i], x[:, -1]) for i in range(3))
+    assert pred.shape == (2, 1, 1, 8, 8) and torch.equal(pred[:, 0], x[:, -1])
 
-    rec, pred = M.mean_frame_baseline(x, t_out=5)
-    assert rec.shape == (2, 4, 1, 8, 8) and pred.shape == (2, 5, 1, 8, 8)
-    mean = x.mean(dim=1)
-    assert torch.allclose(rec[:, 2], mean) and torch.allclose(pred[:, 4], mean)
+    rec, pred = M.mean_frame_baseline(x)
+    assert rec.shape == pred.shape == (2, 1, 1, 8, 8)
+    assert torch.allclose(rec[:, 0], x.mean(dim=1)) and torch.equal(pred, rec)
+
+
+def test_still_frames_score_as_the_repeated_video():
+    """A (b 1 c h w) prediction is scored as that frame repeated over every target frame."""
+    g = torch.Generator().manual_seed(6)
+    target = torch.rand(3, 5, 1, 20, 20, generator=g)
+    still = torch.rand(3, 1, 1, 20, 20, generator=g)
+    mask = (torch.rand(3, 1, 1, 20, 20, generator=g) > 0.3).float()
+    for m in (None, mask):
+        got = M.frame_metrics([still], target, m)[0]
+        want = M.frame_metrics([still.expand_as(target).clone()], target, m)[0]
+        for key in ("mse", "bce", "psnr", "ssim", "pixels"):
+            assert got[key].shape == (3, 5)
+            assert torch.allclose(got[key], want[key], rtol=1e-5, atol=1e-6), key
+
+
+def test_scoring_several_predictions_at_once_equals_one_by_one(monkeypatch):
+    """frame_metrics shares the target's work between predictions; the scores do not change,
+    whatever the mix of full videos and still frames, and the SSIM chunking does not matter."""
+    g = torch.Generator().manual_seed(7)
+    target = torch.rand(5, 4, 1, 16, 16, generator=g)
+    preds = [(target + 0.1 * torch.randn(target.shape, generator=g)).clamp(0, 1),
+             torch.rand(5, 1, 1, 16, 16, generator=g), target.clone(), torch.rand(5, 4, 1, 16, 16, generator=g),
+             torch.rand(5, 1, 1, 16, 16, generator=g)]
+    mask = M.visible_rows_mask(16, 16, hidden_top=5)
+    together = M.frame_metrics(preds, target, mask)
+    for pred, scores in zip(preds, together):
+        alone = M.frame_metrics([pred], target, mask)[0]
+        assert torch.allclose(scores["ssim"], M.ssim_per_frame(pred.expand_as(target), target, mask), atol=1e-6)
+        for key in alone:
+            assert torch.allclose(scores[key], alone[key], rtol=1e-6, atol=1e-6), key
+    assert torch.allclose(together[2]["ssim"], torch.ones(5, 4), atol=1e-6)
+    monkeypatch.setattr(M, "SSIM_CHUNK", 8)  # two sequences per pass, the last pass holds one
+    for chunked, whole in zip(M.frame_metrics(preds, target, mask), together):
+        assert torch.allclose(chunked["ssim"], whole["ssim"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected a prediction of shape \(5, 4 or 1, 1, 16, 16\)"):
+        M.frame_metrics([target[:, :3]], target)
+
+
+def test_accumulator_add_equals_update():
+    g = torch.Generator().manual_seed(8)
+    target = torch.rand(4, 3, 1, 16, 16, generator=g)
+    preds = [torch.rand(4, 3, 1, 16, 16, generator=g), torch.rand(4, 1, 1, 16, 16, generator=g)]
+    mask = M.visible_rows_mask(16, 16, hidden_top=3)
+    for pred, scores in zip(preds, M.frame_metrics(preds, target, mask)):
+        one, other = M.MetricAccumulator(), M.MetricAccumulator()
+        one.update(pred, target, mask)
+        other.add(scores)
+        a, b = one.result(), other.result()
+        for key in ("mse", "bce", "psnr", "psnr_frames", "ssim"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6)
+        assert a["psnr"] == pytest.approx(M.psnr(pred.expand_as(target), target, mask).mean().item(), rel=1e-5)
 
 
 def test_tracking_errors_measure_pixels_after_matching():
