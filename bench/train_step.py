@@ -48,7 +48,9 @@ Method, chosen to be honest on a small noisy machine:
   ``base_rss_gib`` is the resident size before the model is built.
 * FLOPs: torch.utils.flop_counter.FlopCounterMode over one eager step
   (forward + backward; the counter sees matmuls and convolutions, which is
-  where the FLOPs are); GFLOP/s = FLOPs / median step time. The reference is
+  where the FLOPs are); GFLOP/s = FLOPs / median step time. Counted after
+  the timed rounds and the memory readings: with ``malloc`` the memory of
+  that eager step would otherwise stay in a compiled worker's resident size. The reference is
   a float32 1024^3 matmul timed by the parent between rounds, same threads.
 * Evaluation: sequences per second of dive.evaluation.evaluate(model, test set,
   batch_size=64) on the first ``--eval-n`` test sequences, generated on the fly
@@ -300,10 +302,9 @@ def worker_main(spec_json: str) -> None:
     t0 = time.perf_counter()
     w = Worker(spec)
     warm = w.time_steps(spec["warmup"])
-    flops = w.count_flops() if spec["flops"] else None
     peak_setup = peak_rss_bytes()
     resettable = reset_peak_rss()
-    send({"ready": True, "setup_s": time.perf_counter() - t0, "warmup_s": warm, "flops": flops,
+    send({"ready": True, "setup_s": time.perf_counter() - t0, "warmup_s": warm,
           "sequences": getattr(w, "eval_n", None)})
     for line in sys.stdin:
         cmd = line.split()
@@ -311,7 +312,11 @@ def worker_main(spec_json: str) -> None:
             send({"times": w.time_steps(int(cmd[1]))})
         elif cmd[0] == "quit":
             steady = peak_rss_bytes() if resettable else None
-            send({"peak_rss": max(peak_setup, peak_rss_bytes()), "steady_rss": steady, "base_rss": w.base_rss})
+            peak = max(peak_setup, peak_rss_bytes())
+            # Counted last: the count runs one eager step, which must not add to the memory
+            # measured for a compiled configuration (train.py --compile never runs one).
+            flops = w.count_flops() if spec["flops"] else None
+            send({"peak_rss": peak, "steady_rss": steady, "base_rss": w.base_rss, "flops": flops})
             return
 
 
@@ -438,13 +443,13 @@ def run(args) -> dict:
                "peak_rss_gib": mem["peak_rss"] / GIB,
                "steady_rss_gib": None if mem["steady_rss"] is None else mem["steady_rss"] / GIB,
                "base_rss_gib": None if mem["base_rss"] is None else mem["base_rss"] / GIB,
-               "setup_s": p.ready["setup_s"], "flops": p.ready["flops"]}
+               "setup_s": p.ready["setup_s"], "flops": mem["flops"]}
         if "eval" in sw:
             n = p.ready["sequences"]
             row["sequences"] = n
             row["seq_per_s"] = n / q["median_s"]
             row["median_s"] = q["median_s"] / -(-n // 64)  # per evaluation batch of 64
-        row["gflop_per_s"] = p.ready["flops"] / q["median_s"] / 1e9 if p.ready["flops"] and "eval" not in sw \
+        row["gflop_per_s"] = mem["flops"] / q["median_s"] / 1e9 if mem["flops"] and "eval" not in sw \
             else None
         results.append(row)
     return {"config": args.config, "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk,

@@ -160,7 +160,7 @@ def _filter_valid(x: Tensor) -> Tensor:
     """Separable 'valid' Gaussian filter (the SSIM window) of (n h w) images -> (n h-s+1 w-s+1).
 
     Written as two products with banded matrices rather than a convolution:
-    batched matmul is several times faster than conv2d with an 11-tap kernel on CPU.
+    batched matmul is about 2.5x faster than two 1-D conv2d passes on CPU (float32, 64 x 64 frames).
     """
     left, right = _filter_matrices(*x.shape[-2:], x.dtype, x.device)
     return left @ x @ right
