@@ -29,6 +29,11 @@ Conventions (reference section 4, "Evaluation"):
 
 A frame (or sequence) with no scored pixel gets MSE = BCE = 0, PSNR = 100 and
 SSIM = 0; masks that hide whole frames are not expected.
+
+A prediction may be a still frame, (b 1 c h w): it is scored against every
+target frame, as that frame repeated (the baselines are still frames).
+`frame_metrics` scores several predictions of one target in one pass, which
+computes the target's share of the work once.
 """
 
 from __future__ import annotations
@@ -224,6 +229,7 @@ def _ssim_maps(preds: Sequence[Tensor], target: Tensor) -> list[Tensor]:
 
 
 def _check_predictions(preds: Sequence[Tensor], target: Tensor) -> None:
+    """Each prediction must be (b t c h w) like the target, or a still frame (b 1 c h w)."""
     b, t, c, h, w = target.shape
     for pred in preds:
         if pred.dim() != 5 or pred.shape[0] != b or pred.shape[1] not in (1, t) or pred.shape[2:] != target.shape[2:]:
