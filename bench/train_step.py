@@ -50,8 +50,9 @@ Method, chosen to be honest on a small noisy machine:
   (forward + backward; the counter sees matmuls and convolutions, which is
   where the FLOPs are); GFLOP/s = FLOPs / median step time. Counted after
   the timed rounds and the memory readings: with ``malloc`` the memory of
-  that eager step would otherwise stay in a compiled worker's resident size. The reference is
-  a float32 1024^3 matmul timed by the parent between rounds, same threads.
+  that eager step would otherwise stay in a compiled worker's resident
+  size. The reference is a float32 1024^3 matmul timed by the parent
+  between rounds, same threads.
 * Evaluation: sequences per second of dive.evaluation.evaluate(model, test set,
   batch_size=64) on the first ``--eval-n`` test sequences, generated on the fly
   as evaluate.py does, with every metric and the baselines.

@@ -108,6 +108,7 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
     acc = {"rec": MetricAccumulator(), "pred": MetricAccumulator(), "masked_rec": MetricAccumulator()}
     base = {name: {"rec": MetricAccumulator(), "pred": MetricAccumulator()}
             for name in ("copy_last", "mean_frame")} if baselines else {}
+    accumulators = {"model": acc, **base}
     presence = MetricAccumulator()
     neg_elbo, n_elements = 0.0, 0
     imp_sum, imp_count = 0.0, 0
@@ -129,7 +130,7 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
                 recs[name], preds[name] = fn(batch["input"])
         for key, frames, target in (("rec", recs, batch["input_full"]), ("pred", preds, batch["target_full"])):
             for name, scores in zip(frames, frame_metrics(list(frames.values()), target, mask)):
-                (acc if name == "model" else base[name])[key].add(scores)
+                accumulators[name][key].add(scores)
         acc["masked_rec"].update(out.input_masked, batch["input"], batch["visible"].unsqueeze(1))
         # the datasets (generated, or load_test_set) have already checked their values
         e = elbo(out, batch, cfg.loss, future_mask=mask is not None, check_values=False)

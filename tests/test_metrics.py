@@ -70,7 +70,6 @@ def test_masked_errors_ignore_hidden_rows():
     assert torch.allclose(M.bce_per_frame(pred, target, mask), bce_visible, atol=1e-4)
 
 
-
 def test_bce_matches_torch_in_float64_including_the_clip():
     """Oracle: torch's binary_cross_entropy in float64 on the clipped prediction, over the whole
     range of predictions (exact 0 and 1, both sides of the clip, tiny and near-one values) and
@@ -162,7 +161,6 @@ def test_float32_ssim_agrees_with_float64():
     single = M.ssim_per_frame(x.float(), y.float())
     assert single.dtype == torch.float32
     assert (single.double() - exact).abs().max() < 1e-5
-
 
 
 def test_ssim_leaves_its_inputs_and_filters_untouched():
