@@ -347,7 +347,7 @@ def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, 
     saved = [b.clone() for b in buffers]
     with autocast(rt.device, amp):
         out = step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
-                         gamma_imp=sched.gamma_imp, noise=noise)
+                         gamma_imp=sched.gamma_imp, noise=noise, **model.diagnostic_inputs(batch))
     # Batches come from the package's datasets, which produce values in [0, 1]; a value check would
     # cost a second host sync per step, and a bad value still ends up as a skipped non-finite step.
     e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask, check_values=False,
@@ -429,7 +429,7 @@ def _write_images(writer, model: DIVE, batch, cfg: Config, step: int) -> None:
     was_training = model.training
     model.eval()
     first = {k: v[:1] for k, v in batch.items()}
-    out = model(first["input"])
+    out = model(first["input"], **model.diagnostic_inputs(first))
     model.train(was_training)
     writer.add_image("sequence", tensorboard_grid(**picture_inputs(first, out, 0)), step)
 
@@ -446,11 +446,18 @@ def _validate(writer, model: DIVE, val_set, cfg: Config, rt: Runtime, st: State,
         "rec_ssim": metrics["rec"]["ssim"], "pred_ssim": metrics["pred"]["ssim"],
         "nelbo": metrics["nelbo"], "missing_f1": metrics["missing"]["f1"],
     }
+    # pixels from each digit to its matched slot (Moving MNIST only): a run's slots have split
+    # from the pair's midpoint once this falls below ~4 px (docs/results.md)
+    track = metrics["tracking_px"]
+    if track["input"] is not None:
+        flat.update(tracking_input_px=track["input"], tracking_future_px=track["future"])
     for k, v in flat.items():
         writer.add_scalar(f"val/{k}", v, st.step)
     score = flat["rec_mse"] + flat["pred_mse"]
+    tracking = (f" | tracking {flat['tracking_input_px']:.1f} / {flat['tracking_future_px']:.1f} px"
+                if "tracking_input_px" in flat else "")
     print(f"  val @ {st.step}: rec mse {flat['rec_mse']:.2f} | pred mse {flat['pred_mse']:.2f} | "
-          f"nelbo {flat['nelbo']:.4f} | missing f1 {flat['missing_f1']:.3f}", flush=True)
+          f"nelbo {flat['nelbo']:.4f} | missing f1 {flat['missing_f1']:.3f}{tracking}", flush=True)
     st.history.append({"step": st.step, **flat})
     _append_jsonl(out / "val.jsonl", {"step": st.step, "time": st.elapsed, **flat})
     if score < st.best:
