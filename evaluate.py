@@ -173,7 +173,7 @@ def main(argv=None) -> int:
             idx = list(range(min(args.examples, len(dataset))))
             batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
             with torch.no_grad():
-                out = model(batch["input"])
+                out = model(batch["input"], **model.diagnostic_inputs(batch))
             write_pictures(args.out, batch, out, args.examples)
         print(results_table(metrics))
         print(f"wrote {args.out}/metrics.json, results.md, per_frame.png, examples/")

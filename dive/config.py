@@ -31,6 +31,7 @@ else:  # pragma: no cover
 
 
 SCENARIOS = ("s1", "s2", "s3", "none")
+POSE_INFERENCE = ("sequential", "track")
 
 # What each Moving MNIST scenario sets unless the config says otherwise
 # (reference section 1). `hidden_rows`: rows hidden at the top of every observed
@@ -103,6 +104,12 @@ class ModelConfig:
     use_imputation: bool = True
     use_dynamic_appearance: bool = True
     straight_through: bool = False  # hard 0/1 presence in the forward pass, relaxed gradient
+    # Pose inference network: "sequential" (DIVE's, dive/nn/pose.py) or "track" (each slot tracks
+    # the ink with an explicit position estimate, dive/nn/tracker.py; a departure, docs/model.md).
+    pose_inference: str = "sequential"
+    # Diagnostic only, never in a recipe: with pose_inference = "track", the tracked centres are
+    # replaced by the digits' true centres from the batch (a ceiling for the tracker).
+    diagnostic_true_positions: bool = False
     # > 0: a learned per-slot offset of the initial pose, started with the slots spread on a
     # circle of this radius (raw translation units; 0.5 puts two slots ~25 px apart at
     # scale 3). 0 = none: every slot starts at the centre, as the original.
@@ -399,6 +406,12 @@ def validate(cfg: Config) -> Config:
     _require(m.n_slots >= 1, "model.n_slots", m.n_slots, "at least 1")
     for key in ("feat_dim", "app_dim", "hidden", "dyn_dim", "conv_width"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "at least 1")
+    _require(m.pose_inference in POSE_INFERENCE, "model.pose_inference", m.pose_inference,
+             f"one of {', '.join(POSE_INFERENCE)}")
+    if m.diagnostic_true_positions:
+        _require(m.pose_inference == "track" and d.dataset == "moving_mnist" and d.num_digits == m.n_slots,
+                 "model.diagnostic_true_positions", True,
+                 "only with model.pose_inference = \"track\" on Moving MNIST with data.num_digits = model.n_slots")
     _require(m.scale_prior > 1, "model.scale_prior", m.scale_prior, "> 1 (s is clamped to prior +- 1)")
     _require(0 <= m.slot_spread <= 3, "model.slot_spread", m.slot_spread, "in [0, 3]")
     for key in ("pose_std_init", "app_std_init"):
@@ -443,7 +456,7 @@ def validate(cfg: Config) -> Config:
 # (or resumed) under a config that agrees on them.
 ARCHITECTURE_KEYS = (
     [("model", f.name) for f in dataclasses.fields(ModelConfig)
-     if f.name not in ("straight_through", "pose_std_init", "app_std_init")]
+     if f.name not in ("straight_through", "pose_std_init", "app_std_init", "diagnostic_true_positions")]
     + [("data", "image_size"), ("data", "channels"), ("data", "t_in"), ("data", "t_out")]
 )
 

@@ -118,9 +118,9 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
         batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
         if amp:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                out = model(batch["input"])
+                out = model(batch["input"], **model.diagnostic_inputs(batch))
         else:
-            out = model(batch["input"])
+            out = model(batch["input"], **model.diagnostic_inputs(batch))
         mask = _score_mask(batch, cfg)
         # The model's and the baselines' frames against the same targets in one call each: the
         # targets' SSIM statistics are computed once, and the baselines' still frames once per sequence.

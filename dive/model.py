@@ -27,6 +27,7 @@ from .nn.appearance import AppearanceInference
 from .nn.convnets import FrameEncoder, ObjectDecoder
 from .nn.pose import POSE_DIM, PoseInference, inverse_positive_scale
 from .nn.stn import constrain_pose, object_to_image
+from .nn.pose_track import TrackingPoseInference
 
 
 @dataclass
@@ -91,9 +92,15 @@ class DIVE(nn.Module):
         self.min_scale = m.scale_prior - 1.0 if m.scale_prior > 1.0 else None
 
         self.frame_encoder = FrameEncoder(d.channels, d.image_size, m.feat_dim, m.conv_width)
-        self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
-                                  use_imputation=m.use_imputation, straight_through=m.straight_through,
-                                  slot_spread=m.slot_spread)
+        if m.pose_inference == "track":
+            self.pose = TrackingPoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
+                                              image_size=d.image_size, use_imputation=m.use_imputation,
+                                              straight_through=m.straight_through)
+        else:
+            self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
+                                      use_imputation=m.use_imputation, straight_through=m.straight_through,
+                                      slot_spread=m.slot_spread)
+        self.diagnostic_true_positions = m.diagnostic_true_positions
         self.appearance = AppearanceInference(d.channels, self.obj_size, m.app_dim, m.hidden, m.dyn_dim,
                                               m.n_slots, d.t_out, m.conv_width,
                                               use_dynamic=m.use_dynamic_appearance, min_scale=self.min_scale)
@@ -129,9 +136,18 @@ class DIVE(nn.Module):
             "app_drop": torch.rand(1, **kw),
         }
 
+    def diagnostic_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Keyword arguments of `forward` taken from a data batch: the true centres when the model is
+        configured with model.diagnostic_true_positions, nothing otherwise."""
+        if not self.diagnostic_true_positions:
+            return {}
+        if "positions" not in batch:
+            raise InputError("model.diagnostic_true_positions needs batches with digit positions (Moving MNIST)")
+        return {"true_centres": batch["positions"][:, : self.t_in]}
+
     def forward(self, input: Tensor, *, temperature: float | Tensor = 1.0, gamma_app: float = 0.0,
                 gamma_imp: float = 0.0, noise: dict[str, Tensor] | None = None,
-                fill_missing: bool | None = None) -> DIVEOutput:
+                fill_missing: bool | None = None, true_centres: Tensor | None = None) -> DIVEOutput:
         """input (b t_in c h w) in [0, 1] -> DIVEOutput.
 
         Training mode: latents are sampled with `noise` (drawn if None), the
@@ -142,6 +158,8 @@ class DIVE(nn.Module):
         `temperature` and the gammas are ignored.
         fill_missing (default: on in eval mode only): give frames decided
         missing the appearance of their nearest observed neighbour.
+        true_centres (b t_in k 2): diagnostic only (see `diagnostic_inputs`),
+        the tracking pose inference uses these centres instead of its own.
         A wrong shape or dtype raises InputError; values are checked by `predict`, not here.
         """
         self.check_input(input, values=False)
@@ -165,8 +183,14 @@ class DIVE(nn.Module):
         feats = rearrange(self.frame_encoder(rearrange(input, "b t c h w -> (b t) c h w")),
                           "(b t) d -> b t d", b=B)
         imp_keep = (noise["imp_drop"] >= gamma_imp).to(input.dtype) if train else None
-        post = self.pose(feats, temperature=temperature, presence_u=noise["presence"] if train else None,
-                         imp_keep=imp_keep)
+        oracle = {}
+        if true_centres is not None:
+            if not isinstance(self.pose, TrackingPoseInference):
+                raise InputError("true_centres is read only by the tracking pose inference "
+                                 "(model.pose_inference = \"track\")")
+            oracle = {"true_centres": true_centres}
+        post = self.pose(feats, input, temperature=temperature, presence_u=noise["presence"] if train else None,
+                         imp_keep=imp_keep, **oracle)
 
         if train:
             beta = gaussian_rsample(post.beta_mu, post.beta_sigma, noise["pose"])

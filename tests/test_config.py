@@ -196,6 +196,8 @@ def test_optional_keys_accept_values_and_fall_back_to_scenario():
     ("model.pose_std_init=-0.1", "model.pose_std_init"),
     ("model.slot_spread=-0.5", "model.slot_spread"),
     ("model.app_std_init=0.0001", "model.app_std_init"),
+    ("model.pose_inference=glimpse", "model.pose_inference"),
+    ("model.diagnostic_true_positions=true", "model.diagnostic_true_positions"),  # needs pose_inference = track
 ])
 def test_out_of_range_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
@@ -211,6 +213,12 @@ def test_num_missing_bound_follows_t_in():
     # the scenario's preset counts too: s2 misses 2 frames, so t_in = 6 is too short
     with pytest.raises(ConfigError, match="data.num_missing"):
         load(overrides=["data.scenario=s2", "data.t_in=6"])
+
+
+def test_diagnostic_true_positions_needs_the_tracker_and_one_slot_per_digit():
+    load(overrides=["model.pose_inference=track", "model.diagnostic_true_positions=true"])
+    with pytest.raises(ConfigError, match="model.diagnostic_true_positions"):
+        load(overrides=["model.pose_inference=track", "model.diagnostic_true_positions=true", "model.n_slots=3"])
 
 
 def test_boundary_values_accepted():
@@ -320,8 +328,10 @@ def test_architecture_diff_reports_model_keys_only():
 
 def test_architecture_keys_cover_every_model_key_but_the_training_only_ones():
     model_keys = {k for s, k in ARCHITECTURE_KEYS if s == "model"}
-    # straight_through changes the forward pass only, the *_std_init keys the initial weights only
-    assert model_keys == set(VALID_KEYS["model"]) - {"straight_through", "pose_std_init", "app_std_init"}
+    # straight_through and the diagnostic switch change the forward pass only, the *_std_init keys
+    # the initial weights only
+    assert model_keys == set(VALID_KEYS["model"]) - {"straight_through", "pose_std_init", "app_std_init",
+                                                     "diagnostic_true_positions"}
     for section, key in ARCHITECTURE_KEYS:
         assert key in VALID_KEYS[section]
 

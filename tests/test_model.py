@@ -23,6 +23,8 @@ ABLATIONS = {
     "ddpae": ModelConfig(use_imputation=False, use_dynamic_appearance=False),
     "straight_through": ModelConfig(straight_through=True),
     "slot_spread": ModelConfig(slot_spread=0.5),
+    "track": ModelConfig(pose_inference="track"),
+    "track_ddpae": ModelConfig(pose_inference="track", use_imputation=False, use_dynamic_appearance=False),
 }
 
 

@@ -135,17 +135,21 @@ class PoseInference(nn.Module):
             return hard_decision(logits)
         return relaxed_bernoulli_rsample(logits, temperature, u=u, straight_through=self.straight_through)
 
-    def impute(self, e: Tensor, weight: Tensor) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
+    def impute(self, e: Tensor, weight: Tensor, extra: Tensor | None = None) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
         """Imputation LSTM over the input frames, all slots batched.
 
         e (b t k h); weight (b t k): how much of e enters at each frame (the
         presence, times the imputation-dropout keep mask), the rest coming
         from the regression g of the previous state. Frame 0 always reads e.
+        extra (b t k f): further per-frame inputs, appended as they are (the
+        tracking variant's features, dive/nn/tracker.py); None here.
         Returns the outputs, one ((b k) h) per frame, and the final state.
         """
         B, T, K, H = e.shape
         e = rearrange(e, "b t k h -> t (b k) h")
         weight = rearrange(weight, "b t k -> t (b k) 1")
+        if extra is not None:
+            extra = rearrange(extra, "b t k f -> t (b k) f")
         weight = torch.cat([torch.ones_like(weight[:1]), weight[1:]])
         h = c = e.new_zeros(B * K, H)
         outputs = []
@@ -155,6 +159,8 @@ class PoseInference(nn.Module):
                 if t > 0:
                     x = weight[t] * x + (1 - weight[t]) * self.impute_regression(h)
                 x = torch.cat([x, weight[t]], dim=-1)
+            if extra is not None:
+                x = torch.cat([x, extra[t]], dim=-1)
             h, c = self.impute_cell(x, (h, c))
             outputs.append(h)
         return outputs, (h, c)
@@ -178,9 +184,11 @@ class PoseInference(nn.Module):
 
     # ----------------------------------------------------------------- all together
 
-    def forward(self, feats: Tensor, *, temperature: float | Tensor = 1.0, presence_u: Tensor | None = None,
-                imp_keep: Tensor | None = None) -> PosePosterior:
+    def forward(self, feats: Tensor, frames: Tensor | None = None, *, temperature: float | Tensor = 1.0,
+                presence_u: Tensor | None = None, imp_keep: Tensor | None = None) -> PosePosterior:
         """Frame features (b t_in d) -> PosePosterior.
+
+        frames (b t_in c h w): not read here (the tracking variant reads them).
 
         presence_u (b t_in k): uniforms for the relaxed presence sample
         (training only; drawn if None). imp_keep (b t_in k): 0/1 mask, 0 where

@@ -1,0 +1,115 @@
+"""Pose inference that starts from an ink tracker: every slot carries an explicit position estimate.
+
+Selected with ``model.pose_inference = "track"``; the default, "sequential",
+is DIVE's own pose path (dive/nn/pose.py), whose stages this module reuses.
+It changes the inference network only: the posterior has the same form
+(Gaussian pose increments and initial pose, relaxed-Bernoulli presence) and
+the generative model and the ELBO are the published ones, so likelihoods
+stay comparable (docs/model.md, "Tracking pose inference").
+
+Why: in DIVE's pose path every slot regresses its increments from one global
+feature per frame. To follow "its" digit a slot must first learn an order of
+the digits, and until it has (17k-30k steps on s2) both slots draw a blur of
+the pair at its midpoint (docs/results.md). Here an ink tracker
+(dive/nn/tracker.py) gives every slot k a centre c[t, k] on every input
+frame, and:
+
+1. the centres set the translation part of the posterior means, in raw-pose
+   units r(c) (the inverse of ``constrain_pose`` at the prior scale):
+   init_mu += r(c[0]) and beta_mu[t] += r(c[t]) - r(c[t-1]) on the input
+   frames. From the first step each slot follows its object; the LSTM head
+   adds a learned correction (scale, offsets, imputation);
+2. the imputation LSTM also reads [c, 4 x velocity, ink share] at every
+   frame (the ink share: ink claimed at t over the slot's most at any input
+   frame), so its state knows where its object is and how it moves;
+3. the future increments come from a head of their own on the rollout LSTM
+   (whole increments, not corrections): the motion, bounces included, is
+   learned. Constant velocity would be worse than standing still, since
+   Moving MNIST digits bounce off the walls several times in 10 frames;
+4. presence logits: those of dive/nn/pose.py plus a learned linear function
+   of the ink share, started at 10 (share - 0.4): a digit out of scene leaves
+   its slot with little ink (a threshold at 0.4 alone tells the missing
+   digits of s2 with F1 0.89).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..distributions import hard_decision
+from .init import dcgan_init_
+from .pose import POSE_DIM, PoseInference, PosePosterior, positive_scale
+from .stn import _S_MARGIN
+from .tracker import InkTracker
+
+_VELOCITY_GAIN = 4.0  # the LSTM reads 4 x velocity: per-frame motion is ~0.2 normalised units
+# starting presence term: GAIN * (mean of ink share and template match - AT)
+_PRESENCE_GAIN, _PRESENCE_AT = 10.0, 0.6
+TRACK_FEATURES = 6  # centre (2), velocity (2), ink share, template match
+
+
+def raw_translation(centres: Tensor, scale: float) -> Tensor:
+    """Raw pose translation (... 2) whose constrained pose at scale `scale` has centre `centres` (... 2).
+
+    ``constrain_pose`` gives t = tanh(raw) (s - 0.5) and the centre is -t / s,
+    so raw = atanh(-c s / (s - 0.5)), clipped just inside the reachable range.
+    """
+    ratio = (-centres * scale / (scale - _S_MARGIN)).clamp(-0.999, 0.999)
+    return torch.atanh(ratio)
+
+
+class TrackingPoseInference(PoseInference):
+    def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float, *,
+                 image_size: int, use_imputation: bool = True, straight_through: bool = False):
+        super().__init__(feat_dim, hidden, n_slots, t_out, scale_prior, use_imputation=use_imputation,
+                         straight_through=straight_through)
+        self.scale_prior = scale_prior
+        self.tracker = InkTracker(n_slots, image_size, scale_prior)
+        # the imputation LSTM also reads the track features
+        self.impute_cell = nn.LSTMCell(self.impute_cell.input_size + TRACK_FEATURES, hidden)
+        self.presence_track = nn.Linear(2, 1)
+        self.future_mu = nn.Linear(hidden, POSE_DIM)
+        dcgan_init_(self.future_mu)
+        with torch.no_grad():
+            self.presence_track.weight.fill_(_PRESENCE_GAIN / 2)
+            self.presence_track.bias.fill_(-_PRESENCE_GAIN * _PRESENCE_AT)
+
+    def forward(self, feats: Tensor, frames: Tensor, *, temperature: float | Tensor = 1.0,
+                presence_u: Tensor | None = None, imp_keep: Tensor | None = None,
+                true_centres: Tensor | None = None) -> PosePosterior:
+        """Frame features (b t_in d) and the frames (b t_in c h w) -> PosePosterior.
+
+        As ``PoseInference.forward``; true_centres (b t_in k 2): diagnostic
+        only, the true centres replace the tracked ones.
+        """
+        B, T_in = feats.shape[:2]
+        track = self.tracker(frames, true_centres)
+        centres, seen = track.centres, torch.stack([track.share, track.match], dim=-1)  # (b t k 2), (b t k 2)
+        velocity = centres.diff(dim=1, prepend=centres[:, :1])  # (b t k 2), 0 at frame 0
+
+        e = self.encode_slots(feats)
+        logits = self.presence_logits(e) + self.presence_track(seen.to(e.dtype)).squeeze(-1)
+        m = self.sample_presence(logits, temperature, presence_u)
+        weight = m if imp_keep is None else m * imp_keep
+        extra = torch.cat([centres, _VELOCITY_GAIN * velocity, seen], dim=-1).to(e.dtype)  # (b t k 6)
+        outputs, state = self.impute(e, weight, extra)
+        outputs = outputs + self.rollout(state)
+        hidden = rearrange(torch.stack(outputs), "t (b k) h -> b t k h", b=B)
+        init_mu, init_sigma = self.initial_pose(outputs[0], B)
+
+        raw = raw_translation(centres, self.scale_prior)  # (b t_in k 2)
+        steps = F.pad(raw.diff(dim=1), (1, 0, 0, 0, 1, 0))  # (b t_in k 3): scale unchanged, none at frame 0
+        hidden_in, hidden_out = hidden.split([T_in, self.t_out], dim=1)
+        return PosePosterior(
+            encoding=e,
+            presence_logits=logits,
+            presence=m,
+            presence_hard=hard_decision(logits),
+            beta_mu=torch.cat([self.beta_mu(hidden_in) + steps, self.future_mu(hidden_out)], dim=1),
+            beta_sigma=positive_scale(self.beta_sigma(hidden)),
+            init_mu=init_mu + F.pad(raw[:, 0], (1, 0)),
+            init_sigma=init_sigma,
+        )

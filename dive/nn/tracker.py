@@ -1,0 +1,306 @@
+"""An ink tracker: where each of K objects is in every frame of a video, from where the ink is.
+
+Used by the tracking pose inference (dive/nn/pose_track.py). It has no
+parameters and runs without gradients: a fixed search that hands the learned
+networks a position estimate for every slot. It assumes objects brighter
+than a dark background, as in Moving MNIST.
+
+Positions are normalised image coordinates (x, y) in [-1, 1], as
+``pose_centres`` gives them; lengths are relative to the half-extent
+``1 / scale_prior`` of an object drawn at the prior scale (10.7 px of a 64-px
+Moving MNIST frame at scale 3). The "ink" is the frame's intensity (mean over
+channels), average-pooled to a coarse 16 x 16 map for the search and a fine
+map of up to 64 x 64 for the template matching.
+
+1. discovery, first frame, slot after slot: a slot takes the soft peak of
+   the blurred ink that earlier slots left, then removes the ink within 1.5
+   half-extents of it, so two slots cannot start on one object (explaining
+   away);
+2. following, every frame: a slot predicts its centre at constant velocity
+   and moves to the centroid of the ink it claims. Each pixel is shared
+   among the slots by a softmax over their Gaussian densities at it (the
+   nearest slot takes it). A slot trusts its centroid in proportion to the
+   ink it claims against what it claimed at the first frame; a slot that
+   claims little (its object is out of scene or hidden) coasts, its
+   Gaussian widening with every frame it coasts, so that it wins back ink
+   that appears far from it but farther from every slot sure of its own.
+   Velocity is measured from the last trusted centre, so that re-finding an
+   object after coasting is not taken for a jump;
+3. both ways: the video is followed forwards from its first frame and
+   backwards from its last, the two passes' slots matched (where both
+   trust what they see) and averaged, each weighted by exp(-frames it has
+   coasted);
+4. templates: each slot's template is the ink it claims at its best frame
+   (most ink, away from the other slots), and at every frame the slot moves
+   to where its template matches best (normalised cross-correlation,
+   soft-argmax over offsets within 0.85 half-extents). A centroid is
+   pulled by an object that overlaps; a template match much less so;
+5. gaps: a frame where a slot's object is not seen (mean of ink share and
+   template match below 0.6) is interpolated linearly between the nearest
+   frames where it is seen.
+
+The ink share (ink claimed at t over the most at any frame) and the
+template match are returned too: both tell a slot whose object is missing.
+Measured on the first 512 s2 test sequences: docs/model.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+# In half-extents 1 / scale_prior (normalised image units).
+_RADIUS = 3.0  # window within which a slot claims ink while following
+_DISCOVER_RADIUS = 1.5  # ink a discovered slot removes from what the next one searches
+_EDGE = 0.15  # softness of the windows' edges
+_COMPETE = 0.5  # std of a slot's Gaussian in the softmax over slots
+_BLUR = 0.4  # std of the discovery blur
+_SHARPNESS = 50.0  # discovery softmax: logits = sharpness * heat / the frame's peak heat
+_TRUST_AT, _TRUST_WIDTH = 0.3, 0.08  # trust = sigmoid((claimed / expected - AT) / WIDTH)
+_WIDEN = 1.0  # a slot's Gaussian variance grows by this factor per frame it coasts
+_AGE_DECAY = 1.0  # weight of a pass in the both-ways average: exp(-DECAY * frames coasted)
+_TEMPLATE, _SEARCH = 1.5, 0.85  # template half-size and search radius
+_ISOLATED = 2.25  # a slot farther than this from every other one is alone (its template frame)
+# Unitless.
+_MATCH_TEMPERATURE = 0.02  # soft-argmax over normalised cross-correlations in [-1, 1]
+_SEEN_SHARE, _SEEN_AT = 0.5, 0.6  # seen: 0.5 ink share + 0.5 template match > 0.6
+_COARSE, _FINE = 16, 64  # map sizes of the search and of the refinement
+_EPS = 1e-6
+
+
+@dataclass
+class Track:
+    """The tracker's estimates on the frames of a video."""
+
+    centres: Tensor  # (b t k 2) normalised (x, y)
+    share: Tensor  # (b t k) ink a slot claims at frame t over its most at any frame, in [0, 1]
+    match: Tensor  # (b t k) how well the slot's template matches frame t (normalised cross-correlation)
+
+
+def _grid(size: int) -> Tensor:
+    """Pixel centres of a size x size map, (size*size 2) as (x, y), row-major."""
+    axis = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
+    return rearrange(torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1), "h w xy -> (h w) xy")
+
+
+class InkTracker(nn.Module):
+    """Follows `n_slots` objects through videos (b t c h w) of `image_size` frames; no parameters."""
+
+    def __init__(self, n_slots: int, image_size: int, scale_prior: float):
+        super().__init__()
+        self.n_slots = n_slots
+        half = 1.0 / scale_prior
+        self.radius, self.discover_radius, self.edge = _RADIUS * half, _DISCOVER_RADIUS * half, _EDGE * half
+        self.compete_var = (_COMPETE * half) ** 2
+        self.reach = (scale_prior - 0.5) / scale_prior  # centres a pose can reach at the prior scale
+        self.coarse, self.fine = min(_COARSE, image_size), min(_FINE, image_size)
+        half_px = self.fine / 2 * half  # the half-extent in pixels of the fine map
+        self.template_size, self.search = 2 * round(_TEMPLATE * half_px), round(_SEARCH * half_px)
+        self.isolated = _ISOLATED * half
+        pixels = torch.arange(self.template_size, dtype=torch.float32)
+        self.register_buffer("template_grid", torch.stack(torch.meshgrid(pixels, pixels, indexing="xy"), -1),
+                             persistent=False)  # (W W 2): (x, y) of each template pixel
+        span = torch.arange(-self.search, self.search + 1, dtype=torch.float32)
+        self.register_buffer("search_grid", rearrange(torch.stack(torch.meshgrid(span, span, indexing="xy"), -1),
+                                                      "h w xy -> (h w) xy"), persistent=False)
+        for name, size in (("grid", self.coarse), ("fine_grid", self.fine)):
+            self.register_buffer(name, _grid(size), persistent=False)
+        axis = self.grid[: self.coarse, 0]
+        blur = torch.exp(-(axis[:, None] - axis[None, :]) ** 2 / (2 * (_BLUR * half) ** 2))
+        self.register_buffer("blur", blur, persistent=False)  # (g g), separable
+        self.register_buffer("perms", torch.tensor(list(itertools.permutations(range(n_slots)))),
+                             persistent=False)  # (k! k): every matching of two passes' slots
+
+    @staticmethod
+    def ink(frames: Tensor, size: int) -> Tensor:
+        """frames (b t c h w) -> ink maps (b t P), P = size * size."""
+        B = frames.shape[0]
+        x = F.adaptive_avg_pool2d(rearrange(frames, "b t c h w -> (b t) c h w").mean(1, keepdim=True), size)
+        return rearrange(x, "(b t) 1 h w -> b t (h w)", b=B)
+
+    def claim(self, ink: Tensor, centres: Tensor, grid: Tensor, age: Tensor | None = None) -> Tensor:
+        """The ink each slot claims (b k P) from ink (b P) on `grid` (P 2), slots at centres (b k 2).
+
+        Pixels are shared by a softmax over the slots' Gaussian densities, cut to a window
+        around each slot; age (b k 1), frames a slot has coasted, widens its Gaussian.
+        """
+        d2 = (grid[None, None] - centres.unsqueeze(2)).pow(2).sum(-1)  # (b k P)
+        window = torch.sigmoid((self.radius - torch.sqrt(d2 + _EPS)) / self.edge)
+        var = self.compete_var * (1 + _WIDEN * age) if age is not None else d2.new_full((1, 1, 1), self.compete_var)
+        share = torch.softmax(-d2 / (2 * var) - torch.log(var), dim=1)
+        return ink.unsqueeze(1) * share * window
+
+    @staticmethod
+    def trust(mass: Tensor, expected: Tensor) -> Tensor:
+        """How far a slot trusts the centroid of its claim (in [0, 1]): little when it claims much less
+        ink than it `expected` (its object is out of scene or hidden)."""
+        return torch.sigmoid((mass / (expected + _EPS) - _TRUST_AT) / _TRUST_WIDTH)
+
+    def discover(self, ink: Tensor) -> Tensor:
+        """ink (b P) of a first frame -> starting centres (b k 2), slot after slot."""
+        g = self.coarse
+
+        def heat(q: Tensor) -> Tensor:
+            return rearrange(self.blur @ rearrange(q, "b (h w) -> b h w", h=g) @ self.blur, "b h w -> b (h w)")
+
+        # Normalised by the whole frame's peak: ink left at the edge of a removed window stays a
+        # weak peak instead of becoming the next slot's target.
+        peak = heat(ink).amax(dim=-1, keepdim=True) + _EPS
+        free, centres = ink, []
+        for _ in range(self.n_slots):
+            c = torch.softmax(_SHARPNESS * heat(free) / peak, dim=-1) @ self.grid  # (b 2)
+            centres.append(c)
+            d = torch.sqrt((self.grid - c.unsqueeze(1)).pow(2).sum(-1) + _EPS)  # (b P)
+            free = free * (1 - torch.sigmoid((self.discover_radius - d) / self.edge))
+        return torch.stack(centres, dim=1)
+
+    def follow(self, ink: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass through ink maps (b t P) from their first frame: centres (b t k 2) and frames
+        coasted (b t k; 0 where a slot trusts what it sees)."""
+        c = self.discover(ink[:, 0])
+        expected = self.claim(ink[:, 0], c, self.grid).sum(-1)  # (b k)
+        velocity = torch.zeros_like(c)
+        anchor, age = c, torch.zeros_like(c[..., :1])  # last trusted centre, frames since
+        centres, ages = [], []
+        for t in range(ink.shape[1]):
+            prediction = (c + velocity).clamp(-self.reach, self.reach)
+            claimed = self.claim(ink[:, t], prediction, self.grid, age)
+            mass = claimed.sum(-1)
+            centroid = (claimed @ self.grid) / (mass + _EPS).unsqueeze(-1)
+            trust = self.trust(mass, expected).unsqueeze(-1)
+            c = prediction + trust * (centroid - prediction)
+            if t > 0:
+                velocity = trust * (c - anchor) / (age + 1) + (1 - trust) * velocity
+            anchor = trust * c + (1 - trust) * anchor
+            age = (1 - trust) * (age + 1)
+            centres.append(c)
+            ages.append(age)
+        return torch.stack(centres, dim=1), torch.stack(ages, dim=1).squeeze(-1)
+
+    def both_ways(self, ink: Tensor) -> Tensor:
+        """Centres (b t k 2): forward and backward passes, matched and averaged."""
+        B, T = ink.shape[:2]
+        centres, age = self.follow(torch.cat([ink, ink.flip(1)]))  # both passes as one batch
+        fwd, bwd = centres[:B], centres[B:].flip(1)
+        conf_f, conf_b = torch.exp(-_AGE_DECAY * age[:B]), torch.exp(-_AGE_DECAY * age[B:].flip(1))
+        # cost (b k j): mean distance of forward slot k from backward slot j where both are sure
+        w = conf_f.unsqueeze(-1) * conf_b.unsqueeze(-2)  # (b t k j)
+        cost = (w * (fwd.unsqueeze(3) - bwd.unsqueeze(2)).norm(dim=-1)).sum(1) / (w.sum(1) + _EPS)
+        slots = torch.arange(self.n_slots, device=ink.device)
+        best = self.perms[cost[:, slots, self.perms].sum(-1).argmin(dim=1)]  # (b k)
+        index = best[:, None, :].expand(-1, T, -1)  # (b t k)
+        bwd = torch.gather(bwd, 2, index.unsqueeze(-1).expand(-1, -1, -1, 2))
+        conf_b = torch.gather(conf_b, 2, index)
+        return (conf_f.unsqueeze(-1) * fwd + conf_b.unsqueeze(-1) * bwd) / (conf_f + conf_b).unsqueeze(-1)
+
+    def share(self, ink: Tensor, centres: Tensor) -> Tensor:
+        """Ink share (b t k): the ink each slot claims at frame t, slots at centres (b t k 2), over its
+        most at any frame of the video."""
+        B = ink.shape[0]
+        claimed = self.claim(rearrange(ink, "b t p -> (b t) p"), rearrange(centres, "b t k xy -> (b t) k xy"),
+                             self.grid)
+        mass = rearrange(claimed.sum(-1), "(b t) k -> b t k", b=B)
+        return mass / (mass.amax(dim=1, keepdim=True) + _EPS)
+
+    def match_templates(self, fine: Tensor, centres: Tensor, share: Tensor) -> tuple[Tensor, Tensor]:
+        """Template matching on the fine maps (b t G G): matched centres (b t k 2) and match scores (b t k).
+
+        Each slot's template is the ink around its centre at its best frame (the most ink
+        share, away from the other slots); at every frame it is compared, by normalised
+        cross-correlation, with the ink at every offset within `search` pixels of the slot's
+        centre, and the soft-argmax of the scores gives the offset. Unlike a centroid, the
+        match is not pulled by a second object that overlaps the first.
+        """
+        B, T, K, _ = centres.shape
+        G, W, S = self.fine, self.template_size, self.search
+        px = (centres + 1) / 2 * G - 0.5  # pixel-index coordinates
+        if K > 1:
+            gap = torch.cdist(rearrange(centres, "b t k xy -> (b t) k xy"), rearrange(centres, "b t k xy -> (b t) k xy"))
+            gap = rearrange(gap + 4 * torch.eye(K, device=gap.device), "(b t) k j -> b t k j", b=B).amin(-1)
+            alone = torch.sigmoid((gap - self.isolated) / self.edge)
+        else:
+            alone = torch.ones_like(share)
+        best = (share * alone).argmax(dim=1)  # (b k)
+        b_idx = torch.arange(B, device=fine.device)[:, None]
+        k_idx = torch.arange(K, device=fine.device)[None, :]
+        # the ink the slot claims at its best frame (other objects' ink taken out), around it
+        others = centres[b_idx, best]  # (b k k' 2): every slot's centre at slot k's best frame
+        claimed = self.claim(rearrange(fine[b_idx, best], "b k h w -> (b k) (h w)"),
+                             rearrange(others, "b k j xy -> (b k) j xy"), self.fine_grid)
+        own = rearrange(claimed, "(b k) j (h w) -> b k j h w", b=B, h=G)[b_idx, k_idx, k_idx]  # (b k G G)
+        template = _crop(own, px[b_idx, best, k_idx], W)[0]  # (b k W W)
+        # the object's centre within its template: the ink's centroid (pixel-index coordinates)
+        centroid = torch.einsum("bkhw,hwx->bkx", template, self.template_grid) / (
+            template.sum(dim=(-2, -1)).unsqueeze(-1) + _EPS)
+        frame = repeat(torch.arange(B * T, device=fine.device), "(b t) -> (b t k)", b=B, k=K)
+        window, w_corner = _crop(rearrange(fine, "b t h w -> (b t) h w"), rearrange(px, "b t k xy -> (b t k) xy"),
+                                 W + 2 * S, frame)  # ((b t k) W+2S W+2S)
+        n = B * T * K
+        kernel = rearrange(repeat(template, "b k h w -> b t k h w", t=T), "b t k h w -> (b t k) 1 h w")
+        corr = F.conv2d(window.unsqueeze(0), kernel, groups=n)[0]  # ((b t k) 2S+1 2S+1)
+        # the ink energy under the template at every offset, from an integral image
+        sums = F.pad(window.pow(2).cumsum(1).cumsum(2), (1, 0, 1, 0))
+        energy = sums[:, W:, W:] - sums[:, :-W, W:] - sums[:, W:, :-W] + sums[:, :-W, :-W]
+        norm = kernel.pow(2).sum(dim=(1, 2, 3)).sqrt()[:, None, None]
+        score = corr / (energy.clamp(min=0).sqrt() * norm + _EPS)
+        weights = torch.softmax(rearrange(score, "n h w -> n (h w)") / _MATCH_TEMPERATURE, dim=-1)
+        shift = weights @ self.search_grid  # (n 2) as (x, y) pixels
+        top_left = w_corner.float() + S + shift
+        matched = rearrange(top_left, "(b t k) xy -> b t k xy", b=B, t=T) + centroid.unsqueeze(1)
+        return (matched + 0.5) / G * 2 - 1, rearrange(score.amax(dim=(1, 2)), "(b t k) -> b t k", b=B, t=T)
+
+    @staticmethod
+    def fill_gaps(centres: Tensor, seen: Tensor) -> Tensor:
+        """centres (b t k 2): frames not `seen` (b t k bool) between two seen ones are interpolated
+        linearly between them; others keep their centres."""
+        B, T, K, _ = centres.shape
+        index = torch.arange(T, device=centres.device)[None, :, None].expand(B, T, K)
+        before = torch.where(seen, index, -1).cummax(dim=1).values
+        after = torch.where(seen, index, T).flip(1).cummin(dim=1).values.flip(1)
+        inside = (before >= 0) & (after < T) & ~seen
+        a = torch.gather(centres, 1, repeat(before.clamp(0, T - 1), "b t k -> b t k xy", xy=2))
+        b = torch.gather(centres, 1, repeat(after.clamp(0, T - 1), "b t k -> b t k xy", xy=2))
+        frac = ((index - before) / (after - before).clamp(min=1)).unsqueeze(-1)
+        return torch.where(inside.unsqueeze(-1), a + frac * (b - a), centres)
+
+    @torch.no_grad()
+    def forward(self, frames: Tensor, centres: Tensor | None = None) -> Track:
+        """Track the slots through frames (b t c h w).
+
+        centres (b t k 2): given centres (a diagnostic oracle) instead of tracked ones; the ink
+        share and the template match are measured at them. Always float32, also under autocast.
+        """
+        with torch.autocast(device_type=frames.device.type, enabled=False):
+            frames = frames.float()
+            coarse = self.ink(frames, self.coarse)  # (b t P)
+            given = centres is not None
+            centres = centres.float() if given else self.both_ways(coarse)
+            share = self.share(coarse, centres)
+            fine = rearrange(self.ink(frames, self.fine), "b t (h w) -> b t h w", h=self.fine)
+            matched, match = self.match_templates(fine, centres, share)
+            if not given:
+                centres = centres + self.trust(share, torch.ones_like(share)).unsqueeze(-1) * (matched - centres)
+                centres = self.fill_gaps(centres, _SEEN_SHARE * share + (1 - _SEEN_SHARE) * match > _SEEN_AT)
+        return Track(centres=centres, share=share, match=match)
+
+
+def _crop(images: Tensor, centres: Tensor, size: int, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """size x size crops of images (n h w) around pixel coordinates centres (m 2, as (x, y)), zero outside
+    the image: crops (m size size) and their top-left pixels (m 2 long). Crop i is cut from image
+    index[i] (default: image i; leading dims of images and centres may then be any, and are kept)."""
+    lead, (h, w) = centres.shape[:-1], images.shape[-2:]
+    centres = centres.reshape(-1, 2)
+    if index is None:
+        images = images.reshape(-1, h, w)
+        index = torch.arange(images.shape[0], device=images.device)
+    corner = torch.round(centres).long() - size // 2
+    span = torch.arange(size, device=images.device)
+    cols, rows = corner[:, 0:1] + span, corner[:, 1:2] + span  # (m size)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    crops = images[index[:, None, None], rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
+    return (crops * inside).reshape(*lead, size, size), corner.reshape(*lead, 2)

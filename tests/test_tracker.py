@@ -1,0 +1,155 @@
+"""The ink tracker (dive/nn/tracker.py) and the tracking pose inference (dive/nn/pose_track.py)."""
+
+import pytest
+import torch
+
+from dive.config import DataConfig, ModelConfig
+from dive.data import build_dataset
+from dive.errors import InputError
+from dive.metrics import gather_slots, match_slots, pose_centres
+from dive.model import DIVE
+from dive.nn.stn import constrain_pose
+from dive.nn.pose_track import raw_translation
+from dive.nn.tracker import InkTracker
+
+from test_model import check_shapes, simple_loss, video
+
+
+def tracker(n_slots=2, scale_prior=3.0, image_size=64) -> InkTracker:
+    return InkTracker(n_slots, image_size, scale_prior)
+
+
+def blobs(centres_px: torch.Tensor, size=64, half=5) -> torch.Tensor:
+    """Frames (1 t 1 h w) with object k at each (t k 2) pixel centre (nan: none), drawn with a maximum
+    as Moving MNIST does, as strokes 2 pixels wide: object 0 the outline of a square of side 2 * half + 1,
+    object 1 a plus sign of the same size."""
+    T, K, _ = centres_px.shape
+    frames = torch.zeros(1, T, 1, size, size)
+    for t in range(T):
+        for k in range(K):
+            if torch.isnan(centres_px[t, k]).any():
+                continue
+            x, y = centres_px[t, k].round().long().tolist()
+            box = frames[0, t, 0, y - half:y + half + 1, x - half:x + half + 1]
+            if k % 2 == 0:
+                box[:2], box[-2:], box[:, :2], box[:, -2:] = 1.0, 1.0, 1.0, 1.0
+            else:
+                box[half - 1:half + 1, :] = 1.0
+                box[:, half - 1:half + 1] = 1.0
+    return frames
+
+
+def to_px(centres: torch.Tensor, size=64) -> torch.Tensor:
+    return (centres + 1) / 2 * size - 0.5  # normalised -> pixel index coordinates
+
+
+def test_raw_translation_inverts_the_pose_constraint():
+    g = torch.Generator().manual_seed(0)
+    for scale in (2.0, 3.0, 3.5):
+        reach = (scale - 0.5) / scale
+        centres = (torch.rand(100, 2, generator=g) * 2 - 1) * 0.95 * reach
+        raw = torch.cat([torch.full((100, 1), scale), raw_translation(centres, scale)], dim=-1)
+        torch.testing.assert_close(pose_centres(constrain_pose(raw, scale)), centres, atol=1e-5, rtol=0)
+
+
+def test_one_object_is_followed_and_coasts_through_a_gap():
+    # a square moving right and down at constant velocity, out of scene in frames 4 and 5
+    t = torch.arange(10, dtype=torch.float32)
+    truth = torch.stack([14 + 3 * t, 20 + 2 * t], dim=-1)[:, None]  # (t 1 2) pixels
+    seen = truth.clone()
+    seen[4:6] = float("nan")
+    track = tracker(n_slots=1)(blobs(seen))
+    error = (to_px(track.centres[0]) - truth).norm(dim=-1)[:, 0]
+    visible = torch.ones(10, dtype=torch.bool)
+    visible[4:6] = False
+    assert error[visible].max() < 1.0, error
+    assert error[~visible].max() < 2.0, error  # interpolated between the two passes
+    assert track.share[0, ~visible, 0].max() < 0.1 and track.share[0, visible, 0].min() > 0.9
+
+
+def test_two_objects_get_one_slot_each_and_keep_it_when_they_cross():
+    t = torch.arange(10, dtype=torch.float32)
+    a = torch.stack([10 + 4.5 * t, 28 + 0 * t], dim=-1)  # left to right
+    b = torch.stack([52 - 4.5 * t, 38 + 0 * t], dim=-1)  # right to left, overlapping a around frame 5
+    truth = torch.stack([a, b], dim=1)  # (t k 2)
+    centres = tracker()(blobs(truth)).centres[0]
+    first = to_px(centres[0])
+    order = [int((first - truth[0, k]).norm(dim=-1).argmin()) for k in range(2)]
+    assert sorted(order) == [0, 1]  # one slot per object
+    error = (to_px(centres[:, order]) - truth).norm(dim=-1)
+    assert error.max() < 3.0, error  # and nobody swaps at the crossing
+
+
+def test_untrained_tracker_finds_the_digits_of_s2():
+    # on the first 512 test sequences: 1.2 px on visible frames (median 0.9), 2.4 px where a digit is
+    # out of scene; 64 here (1.1, 0.8 and 2.4)
+    ds = build_dataset(DataConfig(scenario="s2", test_size=64), "test")
+    batch = ds.batch(list(range(64)))
+    track = tracker()(batch["input"])
+    positions, present = batch["positions"][:, :10], batch["present"]
+    perm = match_slots(track.centres, positions, weights=present)
+    error = (gather_slots(track.centres, perm) - positions).norm(dim=-1) * 32
+    visible = present > 0.5
+    assert error[visible].median() < 1.2 and error[visible].mean() < 1.6 and error[~visible].mean() < 3.5
+    for score in (track.share, track.match):  # both tell a slot whose digit is out of scene
+        score = gather_slots(score, perm)
+        assert score[visible].median() > 0.8 and score[~visible].median() < 0.2
+
+
+def model_with_silent_heads(**model_kw) -> DIVE:
+    """A tracking model whose learned pose corrections are zero: its poses are the tracker's alone."""
+    torch.manual_seed(0)
+    model = DIVE(ModelConfig(pose_inference="track", **model_kw), DataConfig(scenario="s2")).eval()
+    with torch.no_grad():
+        for head in (model.pose.beta_mu, model.pose.init_mu):
+            head.weight.zero_()
+        model.pose.beta_mu.bias.zero_()
+    return model
+
+
+def test_poses_follow_the_tracker_on_the_input_frames():
+    model = model_with_silent_heads()
+    x = build_dataset(DataConfig(scenario="s2", test_size=4), "test").batch([0, 1, 2, 3])["input"]
+    out = model(x)
+    track = model.pose.tracker(x)
+    torch.testing.assert_close(pose_centres(out.pose[:, :10]), track.centres, atol=1e-4, rtol=0)
+    assert (out.pose[:, :10, :, 0] - model.scale_prior).abs().max() < 1e-5
+
+
+def test_true_centres_replace_the_tracked_ones():
+    model = model_with_silent_heads(diagnostic_true_positions=True)
+    batch = build_dataset(DataConfig(scenario="s2", test_size=4), "test").batch([0, 1, 2, 3])
+    out = model(batch["input"], **model.diagnostic_inputs(batch))
+    torch.testing.assert_close(pose_centres(out.pose[:, :10]), batch["positions"][:, :10], atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="positions"):
+        model.diagnostic_inputs({"input": batch["input"]})
+    plain = DIVE(ModelConfig(), DataConfig())
+    assert plain.diagnostic_inputs(batch) == {}
+    with pytest.raises(InputError, match="tracking pose inference"):
+        plain(batch["input"], true_centres=batch["positions"][:, :10])
+
+
+def test_the_tracker_has_no_parameters_and_no_gradient():
+    pose = DIVE(ModelConfig(pose_inference="track"), DataConfig()).pose
+    assert not list(pose.tracker.parameters())
+    x = torch.rand(2, 10, 1, 64, 64, requires_grad=True)
+    assert not pose.tracker(x).centres.requires_grad
+
+
+def test_shapes_with_three_slots_on_large_frames():
+    data = DataConfig(dataset="pedestrians", image_size=256, t_out=5)
+    torch.manual_seed(0)
+    model = DIVE(ModelConfig(n_slots=3, hidden=32, scale_prior=3.5, pose_inference="track"), data)
+    x = video(model, batch=1)
+    out = model(x, temperature=0.5)
+    check_shapes(out, model, 1)
+    simple_loss(out, x).backward()
+
+
+def test_tracker_stays_float32_under_autocast():
+    track_of = tracker()
+    x = torch.rand(2, 10, 1, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        track = track_of(x)
+    assert track.centres.dtype == torch.float32 and track.share.dtype == torch.float32
+    torch.testing.assert_close(track.centres, track_of(x).centres)
