@@ -13,7 +13,8 @@ etc.), "cpu" (the settings that learn fastest on a CPU, configs/s1_track.toml
 etc.; the pedestrian rows have none and use the published settings) and
 "smoke" (configs/smoke.toml: seconds, checks an installation).
 
-A row trains into OUT/runs/ROW-RECIPE-BUDGET-seedS. If that folder holds a
+A row trains into OUT/runs/ROW-RECIPE-BUDGET-seedS (plus a short hash of the
+--set overrides, if any: another setting, another row). If that folder holds a
 checkpoint the run continues from it, so a killed command is simply run
 again. Then the row's latest.pt is scored on the scenario's fixed test set
 (OUT/runs/.../metrics.json) and OUT/table.json and OUT/table.md are
@@ -26,6 +27,7 @@ same recipe, budget and seed is not run again.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shlex
@@ -42,6 +44,7 @@ from dive.data.common import atomic_write
 from dive.engine import Options, build_model, resolve_device, train
 from dive.errors import DIVEError
 from dive.evaluation import evaluate
+from train import minutes_list
 
 ROOT = Path(__file__).resolve().parent
 SCENARIOS = ("s1", "s2", "s3", "pedestrians")
@@ -176,7 +179,8 @@ def table_markdown(table: dict) -> str:
         track_text = ("-" if track.get("input") is None
                       else f"{track['input']:.1f} / {track['future']:.1f}")
         f1 = "-" if m.get("presence_f1") is None else f"{m['presence_f1']:.3f}"
-        setting = f"{r['recipe']}, {r['budget']}, seed {r['seed']}"
+        setting = f"{r['recipe']}, {r['budget']}, seed {r['seed']}" + "".join(
+            f", `{o}`" for o in r.get("overrides", []))
         if r["scenario"] == "pedestrians":
             ours = [_fmt(m["pooled"][k], k) if s == "rec" else "" for k, s in METRICS]
             theirs = [_fmt(pub[k], k) if s == "rec" and pub else "" for k, s in METRICS]
@@ -229,10 +233,19 @@ def save_table(out: Path, table: dict) -> None:
     atomic_write(out / "table.md", lambda f: f.write(markdown))
 
 
+def row_key(row: Row, recipe: str, budget: str, seed: int, overrides: list[str]) -> str:
+    """The row's name in the table and its run folder: row-recipe-budget-seedS, plus a short hash of
+    the --set overrides when there are any (a different setting is a different row)."""
+    key = f"{row.name}-{recipe}-{budget}-seed{seed}"
+    if overrides:
+        key += "-set" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:6]
+    return key
+
+
 def run_row(row: Row, args, device: torch.device, command: str) -> dict | None:
     """Train (or continue) and score one row; None when the table already has it."""
     budget = budget_label(args.steps, args.minutes)
-    key = f"{row.name}-{args.recipe}-{budget}-seed{args.seed}"
+    key = row_key(row, args.recipe, budget, args.seed, args.overrides)
     table = load_table(args.out / "table.json")
     if key in table["rows"]:
         print(f"{key}: already in {args.out / 'table.json'}, not run again")
@@ -247,13 +260,15 @@ def run_row(row: Row, args, device: torch.device, command: str) -> dict | None:
     if (steps_left is None or steps_left > 0) and (seconds_left is None or seconds_left > 0):
         print(f"{key}: training into {run_dir}" + (" (continuing)" if resume else ""), flush=True)
         opts = Options(out=run_dir, device=args.device, amp=args.amp, compile=args.compile, resume=resume,
-                       quiet=args.quiet, stop_after=steps_left, time_limit=seconds_left)
+                       quiet=args.quiet, stop_after=steps_left, time_limit=seconds_left,
+                       snapshot_minutes=args.snapshot_minutes)
         train(cfg, opts)
     metrics = score(run_dir, device)
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     atomic_write(run_dir / "metrics.json", lambda f: f.write(text.encode()))
     entry = record(row, args.recipe, budget, args.seed, cfg_file, cfg, metrics, device, torch.get_num_threads(),
                    time.perf_counter() - t0, command)
+    entry["overrides"] = list(args.overrides)
     table = load_table(args.out / "table.json")  # re-read: another row may have finished meanwhile
     table["rows"][key] = entry
     save_table(args.out, table)
@@ -284,6 +299,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: one per core)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 autocast")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile")
+    p.add_argument("--snapshot-minutes", type=minutes_list, default=(), metavar="M1,M2,...",
+                   help="also keep snapshots/min_M.pt in the run folder (score them with bench/learning_curve.py)")
     p.add_argument("--quiet", action="store_true", help="no progress lines while training")
     args = p.parse_args(argv)
     if args.all == (args.row is not None):

@@ -20,7 +20,7 @@ from dive.engine import Options, train
 from dive.errors import DIVEError
 
 
-def _minutes(text: str) -> tuple[float, ...]:
+def minutes_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop after N optimiser steps in this invocation (checkpoint saved; continue with --resume)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after MINUTES of training in this invocation (checkpoint saved)")
-    p.add_argument("--snapshot-minutes", type=_minutes, default=(), metavar="M1,M2,...",
+    p.add_argument("--snapshot-minutes", type=minutes_list, default=(), metavar="M1,M2,...",
                    help="also save snapshots/min_M.pt when the run's training time passes M minutes "
                         "(validation included; score them with bench/learning_curve.py)")
     p.add_argument("--threads", type=int, metavar="N",

@@ -52,14 +52,15 @@ def test_a_killed_row_continues_where_it_stopped(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(engine, "_train_step", dies_after_four)
     args = ["ddpae-s2", "--steps", "6", "--out", str(out), *SMOKE, "--set", "train.ckpt_every=2"]
     assert reproduce.main(args) == 130
-    run_dir = out / "runs" / "ddpae-s2-smoke-6steps-seed0"
+    key = reproduce.row_key(reproduce.ROWS["ddpae-s2"], "smoke", "6steps", 0, ["train.ckpt_every=2"])
+    run_dir = out / "runs" / key
     assert torch.load(run_dir / "latest.pt", weights_only=True)["step"] == 4  # the last checkpoint
     assert not (out / "table.json").exists()
     monkeypatch.setattr(engine, "_train_step", real_step)
     assert reproduce.main(args) == 0
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]  # continued at 4, not started again
-    row = json.loads((out / "table.json").read_text())["rows"]["ddpae-s2-smoke-6steps-seed0"]
+    row = json.loads((out / "table.json").read_text())["rows"][key]
     assert row["model"] == "ddpae" and row["steps"] == 6
     stored = torch.load(run_dir / "latest.pt", weights_only=True)["config"]["model"]
     assert stored["use_imputation"] is False and stored["use_dynamic_appearance"] is False
@@ -83,6 +84,17 @@ def test_the_seed_changes_the_run_and_is_recorded(tmp_path: Path):
     assert (a["seed"], b["seed"]) == (0, 1) and a["metrics"]["rec"]["mse"] != b["metrics"]["rec"]["mse"]
     stored = torch.load(out / "runs" / "s3-smoke-2steps-seed1" / "latest.pt", weights_only=True)["config"]
     assert stored["train"]["seed"] == 1 and stored["data"]["seed"] == 1
+
+
+def test_overrides_make_another_row(tmp_path: Path):
+    out = tmp_path / "rep"
+    base = ["s2", "--steps", "2", "--out", str(out), *SMOKE]
+    assert reproduce.main(base) == 0
+    assert reproduce.main(base + ["--set", "train.lr=0.002"]) == 0
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert len(rows) == 2 and rows["s2-smoke-2steps-seed0"]["overrides"] == []
+    (other,) = [r for k, r in rows.items() if k != "s2-smoke-2steps-seed0"]
+    assert other["overrides"] == ["train.lr=0.002"] and "train.lr=0.002" in (out / "table.md").read_text()
 
 
 @pytest.mark.parametrize("args, needle", [

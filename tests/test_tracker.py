@@ -50,6 +50,10 @@ def test_raw_translation_inverts_the_pose_constraint():
         centres = (torch.rand(100, 2, generator=g) * 2 - 1) * 0.95 * reach
         raw = torch.cat([torch.full((100, 1), scale), raw_translation(centres, scale)], dim=-1)
         torch.testing.assert_close(pose_centres(constrain_pose(raw, scale)), centres, atol=1e-5, rtol=0)
+    scales = 2 + 2 * torch.rand(100, generator=g)  # one scale per centre, within the clamp of prior 3
+    centres = (torch.rand(100, 2, generator=g) * 2 - 1) * 0.55
+    raw = torch.cat([scales[:, None], raw_translation(centres, scales)], dim=-1)
+    torch.testing.assert_close(pose_centres(constrain_pose(raw, 3.0)), centres, atol=1e-5, rtol=0)
 
 
 def test_one_object_is_followed_and_coasts_through_a_gap():
@@ -107,13 +111,16 @@ def model_with_silent_heads(**model_kw) -> DIVE:
     return model
 
 
-def test_poses_follow_the_tracker_on_the_input_frames():
+@pytest.mark.parametrize("scale", [3.0, 2.4, 3.7])
+def test_poses_follow_the_tracker_on_the_input_frames(scale):
     model = model_with_silent_heads()
+    with torch.no_grad():  # whatever scale the posterior has learned, the centres stay the tracker's
+        model.pose.init_mu.bias[0] = scale
     x = build_dataset(DataConfig(scenario="s2", test_size=4), "test").batch([0, 1, 2, 3])["input"]
     out = model(x)
     track = model.pose.tracker(x)
     torch.testing.assert_close(pose_centres(out.pose[:, :10]), track.centres, atol=1e-4, rtol=0)
-    assert (out.pose[:, :10, :, 0] - model.scale_prior).abs().max() < 1e-5
+    assert (out.pose[:, :10, :, 0] - scale).abs().max() < 1e-5
 
 
 def test_true_centres_replace_the_tracked_ones():

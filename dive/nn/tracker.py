@@ -119,8 +119,10 @@ class InkTracker(nn.Module):
     @staticmethod
     def ink(frames: Tensor, size: int) -> Tensor:
         """frames (b t c h w) -> ink maps (b t P), P = size * size."""
-        B = frames.shape[0]
-        x = F.adaptive_avg_pool2d(rearrange(frames, "b t c h w -> (b t) c h w").mean(1, keepdim=True), size)
+        B, _, _, h, w = frames.shape
+        x = rearrange(frames, "b t c h w -> (b t) c h w").mean(1, keepdim=True)
+        if (h, w) != (size, size):  # a plain average pool where the size divides (adaptive pooling is slow)
+            x = F.avg_pool2d(x, h // size) if h % size == 0 and h == w else F.adaptive_avg_pool2d(x, size)
         return rearrange(x, "(b t) 1 h w -> b t (h w)", b=B)
 
     def claim(self, ink: Tensor, centres: Tensor, grid: Tensor, age: Tensor | None = None) -> Tensor:
