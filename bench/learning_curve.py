@@ -9,7 +9,8 @@ Train with time snapshots, then score every snapshot on the fixed test set:
 Snapshots already scored in an existing --out/curve.json (same run, minutes,
 step and number of sequences) are not scored again, so the script can be
 rerun while a run is still going. Writes curve.json (one record per snapshot: minutes, step, Rec/Pred MSE and
-BCE, presence F1, tracking error), curve.md (the same as a table) and curve.png (MSE against
+BCE, presence F1, tracking error), curve.md (the same as a table, after each run's split time: its first
+validation in val.jsonl with tracking below 4 px) and curve.png (MSE against
 minutes, with the original implementation's points from the issue tracker:
 same machine, s2, batch 16, its own 256 test sequences).
 """
@@ -62,12 +63,39 @@ def score(path: Path, n: int, batch_size: int) -> dict:
     }
 
 
+SPLIT_PX = 4.0  # a run's slots have split from the digits' midpoint once validation tracking is below this
+
+
+def split_time(run: Path, threshold: float = SPLIT_PX) -> dict | None:
+    """The first validation record (RUN/val.jsonl) whose tracking error on the input frames is below
+    `threshold` pixels: {"minutes", "step", "tracking_input_px"}; None if there is none yet."""
+    path = run / "val.jsonl"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a torn last line
+            continue
+        px = record.get("tracking_input_px")
+        if px is not None and px < threshold:
+            return {"minutes": record["time"] / 60, "step": record["step"], "tracking_input_px": px}
+    return None
+
+
 def _px(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"  # None: a dataset without digit positions
 
 
-def table(runs: dict[str, list[dict]]) -> str:
-    lines = ["| run | minutes | steps | Rec MSE | Pred MSE | Rec BCE | Pred BCE | presence F1 (missing) "
+def table(runs: dict[str, list[dict]], splits: dict[str, dict | None] | None = None) -> str:
+    lines = []
+    for name, split in (splits or {}).items():
+        lines.append(f"- {name}: " + ("no validation below {SPLIT_PX:g} px yet" if split is None else
+                     f"split (first validation below {SPLIT_PX:g} px) after {split['minutes']:.1f} minutes, "
+                     f"step {split['step']:,} ({split['tracking_input_px']:.1f} px)"))
+    if lines:
+        lines.append("")
+    lines += ["| run | minutes | steps | Rec MSE | Pred MSE | Rec BCE | Pred BCE | presence F1 (missing) "
              "| tracking px (input / future) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, records in runs.items():
@@ -109,7 +137,7 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curve.json").write_text(json.dumps(runs, indent=2) + "\n")
-    (args.out / "curve.md").write_text(table(runs))
+    (args.out / "curve.md").write_text(table(runs, {run.name: split_time(run) for run in args.runs}))
     curves = {}
     for name, records in runs.items():
         minutes = [r["minutes"] for r in records]

@@ -135,6 +135,10 @@ class LossConfig:
     kl_pose_weight: float = 1.0
     kl_init_weight: float = 1.0
     kl_presence_weight: float = 1.0
+    # > 0: the tracker's centres on the future frames enter as observations of the future poses,
+    # log N(tracked; pose centre, std^2) in pixels, added to the ELBO (dive/teacher.py; training only,
+    # needs model.pose_inference = "track"). 0 = off: the ELBO alone, as published.
+    future_track_std: float = 0.0
 
 
 @dataclass
@@ -146,6 +150,9 @@ class ScheduleConfig:
     # std (pixels) at step 0, decaying linearly to 0 (the exact objective) at `blur_steps`.
     blur_start: float = 0.0  # 0 = off (as the original)
     blur_steps: int = 0
+    # For the first N steps the future frames' likelihood trains the future poses only: its gradient
+    # into the appearance and the decoder is cut (the ELBO's value is unchanged). 0 = off.
+    future_poses_only_steps: int = 0
     temperature_start: float = 1.0
     temperature_end: float = 0.5
     temperature_steps: int = 10000  # exponential decay start -> end over this many steps
@@ -427,10 +434,15 @@ def validate(cfg: Config) -> Config:
     _require(0 < l.presence_prior < 1, "loss.presence_prior", l.presence_prior, "strictly between 0 and 1")
     for key in ("kl_app_weight", "kl_pose_weight", "kl_init_weight", "kl_presence_weight"):
         _require(getattr(l, key) >= 0, f"loss.{key}", getattr(l, key), ">= 0")
+    _require(l.future_track_std >= 0, "loss.future_track_std", l.future_track_std, ">= 0 pixels (0 = off)")
+    if l.future_track_std > 0:
+        _require(m.pose_inference == "track" and d.dataset == "moving_mnist", "loss.future_track_std",
+                 l.future_track_std, 'only with model.pose_inference = "track" on Moving MNIST (it uses the tracker)')
 
     _require(s.kl_warmup_steps >= 0, "schedule.kl_warmup_steps", s.kl_warmup_steps, ">= 0")
     _require(0 <= s.blur_start <= 16, "schedule.blur_start", s.blur_start, "in [0, 16] pixels")
     _require(s.blur_steps >= 0, "schedule.blur_steps", s.blur_steps, ">= 0")
+    _require(s.future_poses_only_steps >= 0, "schedule.future_poses_only_steps", s.future_poses_only_steps, ">= 0")
     _require(s.temperature_start > 0, "schedule.temperature_start", s.temperature_start, "> 0")
     _require(s.temperature_end > 0, "schedule.temperature_end", s.temperature_end, "> 0")
     _require(s.temperature_steps >= 0, "schedule.temperature_steps", s.temperature_steps, ">= 0")

@@ -38,6 +38,7 @@ from .data.common import atomic_write
 from .elbo import elbo
 from .errors import CheckpointError, TrainingError
 from .model import DIVE
+from .teacher import future_track_term
 
 
 # --------------------------------------------------------------------------- environment
@@ -347,23 +348,31 @@ def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, 
     saved = [b.clone() for b in buffers]
     with autocast(rt.device, amp):
         out = step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
-                         gamma_imp=sched.gamma_imp, noise=noise, **model.diagnostic_inputs(batch))
+                         gamma_imp=sched.gamma_imp, noise=noise, future_poses_only=sched.future_poses_only,
+                         **model.diagnostic_inputs(batch))
     # Batches come from the package's datasets, which produce values in [0, 1]; a value check would
     # cost a second host sync per step, and a bad value still ends up as a skipped non-finite step.
     e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask, check_values=False,
              blur=sched.blur)
+    loss, extra_terms = e.loss, {}
+    if cfg.loss.future_track_std > 0:  # a departure from the ELBO (dive/teacher.py)
+        track_term = future_track_term(model.pose.tracker, batch, out.pose, cfg.data.image_size,
+                                       cfg.loss.future_track_std)
+        loss = loss - track_term / e.n_elements
+        extra_terms["term/track_future"] = track_term
     opt.zero_grad(set_to_none=True)
-    e.loss.backward()
+    loss.backward()
     max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    finite = bool(torch.isfinite(e.loss) & torch.isfinite(grad_norm))  # the one sync of the step
+    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one sync of the step
     if finite:
         opt.step()
     else:
         with torch.no_grad():
             for b, old in zip(buffers, saved):
                 b.copy_(old)
-    logs = e.scalars() if finite else {"loss": float("nan")}
+    logs = {**e.scalars(), **{k: float(v.detach()) for k, v in extra_terms.items()}, "loss": float(loss.detach())} \
+        if finite else {"loss": float("nan")}
     logs["grad_norm"] = float(grad_norm)
     logs["finite"] = finite
     return logs
@@ -419,6 +428,7 @@ def _write_scalars(writer, step: int, logs: dict, sched) -> None:
     writer.add_scalar("schedule/gamma_imp", sched.gamma_imp, step)
     writer.add_scalar("schedule/future_mask", float(sched.future_mask), step)
     writer.add_scalar("schedule/blur", sched.blur, step)
+    writer.add_scalar("schedule/future_poses_only", float(sched.future_poses_only), step)
 
 
 @torch.no_grad()

@@ -147,7 +147,8 @@ class DIVE(nn.Module):
 
     def forward(self, input: Tensor, *, temperature: float | Tensor = 1.0, gamma_app: float = 0.0,
                 gamma_imp: float = 0.0, noise: dict[str, Tensor] | None = None,
-                fill_missing: bool | None = None, true_centres: Tensor | None = None) -> DIVEOutput:
+                fill_missing: bool | None = None, true_centres: Tensor | None = None,
+                future_poses_only: bool = False) -> DIVEOutput:
         """input (b t_in c h w) in [0, 1] -> DIVEOutput.
 
         Training mode: latents are sampled with `noise` (drawn if None), the
@@ -160,6 +161,9 @@ class DIVE(nn.Module):
         missing the appearance of their nearest observed neighbour.
         true_centres (b t_in k 2): diagnostic only (see `diagnostic_inputs`),
         the tracking pose inference uses these centres instead of its own.
+        future_poses_only: the future frames' renderings pass gradients to
+        their poses only, not to the appearance and the decoder (a training
+        warm-up, schedule.future_poses_only_steps; the values are unchanged).
         A wrong shape or dtype raises InputError; values are checked by `predict`, not here.
         """
         self.check_input(input, values=False)
@@ -208,6 +212,12 @@ class DIVE(nn.Module):
             z = torch.cat([fill_missing_appearance(z[:, :T_in], post.presence_hard), z[:, T_in:]], dim=1)
 
         objects = self.decoder(rearrange(z, "b t k a -> (b t k) a"))  # ((b T k) c S S)
+        if future_poses_only:
+            # Decoded together (batch norm sees the same batch), cut after: while the future poses are
+            # still wrong, their frames would teach the appearance and the decoder to blur.
+            objects_in, objects_out = rearrange(objects, "(b t k) c h w -> b t k c h w", b=B, t=T).split(
+                [T_in, self.t_out], dim=1)
+            objects = rearrange(torch.cat([objects_in, objects_out.detach()], dim=1), "b t k c h w -> (b t k) c h w")
         slots = object_to_image(objects, rearrange(pose, "b t k p -> (b t k) p"), self.image_size,
                                 min_scale=self.min_scale)
         slots = rearrange(slots, "(b t k) c h w -> b t k c h w", b=B, t=T)

@@ -49,6 +49,11 @@ def future_mask_on(step: int, s: ScheduleConfig) -> bool:
     return step >= s.switch_step
 
 
+def future_poses_only(step: int, s: ScheduleConfig) -> bool:
+    """Whether the future frames' likelihood trains the future poses only at this step."""
+    return step < s.future_poses_only_steps
+
+
 def learning_rate(step: int, t: TrainConfig, s: ScheduleConfig) -> float:
     """Step decay: `lr` until `lr_decay_fraction` of training, then `lr * lr_decay_factor`."""
     if step >= int(s.lr_decay_fraction * t.steps):
@@ -68,6 +73,7 @@ class Schedule:
     gamma_imp: float
     future_mask: bool
     blur: float
+    future_poses_only: bool
 
 
 def at(step: int, cfg: Config) -> Schedule:
@@ -81,4 +87,5 @@ def at(step: int, cfg: Config) -> Schedule:
         gamma_imp=gamma_imp(step, s),
         future_mask=cfg.data.resolved("hidden_rows") > 0 and future_mask_on(step, s),
         blur=blur(step, s),
+        future_poses_only=future_poses_only(step, s),
     )

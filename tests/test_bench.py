@@ -43,3 +43,18 @@ def test_learning_curve_scores_every_snapshot(tmp_path: Path):
     proc = subprocess.run([sys.executable, "bench/learning_curve.py", str(tmp_path), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "no min_*.pt snapshots" in proc.stderr
+
+
+def test_split_time_is_the_first_validation_below_4_px(tmp_path: Path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from learning_curve import split_time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert split_time(run) is None
+    records = [{"step": 500, "time": 60.0, "tracking_input_px": 9.8}, {"step": 1000, "time": 120.0},
+               {"step": 1500, "time": 180.0, "tracking_input_px": 3.9}, {"step": 2000, "time": 240.0,
+                                                                          "tracking_input_px": 2.0}]
+    (run / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 25')
+    assert split_time(run) == {"minutes": 3.0, "step": 1500, "tracking_input_px": 3.9}
+    assert split_time(run, threshold=2.5)["step"] == 2000 and split_time(run, threshold=1.0) is None

@@ -307,3 +307,24 @@ def test_runs_under_bfloat16_autocast():
         loss = simple_loss(out, x)
     loss.float().backward()
     assert torch.isfinite(out.pred.float()).all()
+
+
+def test_future_poses_only_cuts_the_future_gradient_into_appearance():
+    data = DataConfig(t_in=4, t_out=3)
+    model = make(ModelConfig(pose_inference="track"), data)
+    x = video(model)
+    noise = model.sample_noise(B, "cpu", torch.Generator().manual_seed(3))
+    grads = {}
+    for cut in (False, True):
+        model.zero_grad()
+        out = model(x, noise=noise, future_poses_only=cut)
+        out.pred.sum().backward()  # the future frames alone
+        grads[cut] = {n: p.grad.clone() if p.grad is not None else None for n, p in model.named_parameters()}
+        if cut:
+            torch.testing.assert_close(out.pred, first.pred)  # the values do not change
+        first = out
+    def reached(cut, prefix):
+        return any(g is not None and g.abs().sum() > 0 for n, g in grads[cut].items() if n.startswith(prefix))
+    for prefix in ("decoder.", "appearance."):
+        assert reached(False, prefix) and not reached(True, prefix), prefix
+    assert reached(True, "pose.future_mu") and reached(True, "pose.predict_cell")  # the future poses still learn

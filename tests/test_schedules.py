@@ -186,3 +186,11 @@ def test_blur_decays_linearly_to_zero_then_stays_off():
     assert {schedules.blur(i, s) for i in (300, 301, 10**6)} == {0.0}
     for off in (ScheduleConfig(), ScheduleConfig(blur_start=3.0), ScheduleConfig(blur_steps=300)):
         assert {schedules.blur(i, off) for i in (0, 10, 10**6)} == {0.0}
+
+
+def test_future_poses_only_until_its_step_then_off():
+    s = ScheduleConfig(future_poses_only_steps=300)
+    assert [schedules.future_poses_only(i, s) for i in (0, 299, 300, 10**6)] == [True, True, False, False]
+    assert not any(schedules.future_poses_only(i, ScheduleConfig()) for i in (0, 1, 10**6))
+    cfg = make_cfg("s2", future_poses_only_steps=300)
+    assert schedules.at(299, cfg).future_poses_only and not schedules.at(300, cfg).future_poses_only

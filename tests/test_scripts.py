@@ -173,3 +173,20 @@ def test_fast_recipe_trains_a_few_steps(tmp_path: Path):
     stored = state["config"]
     assert stored["data"]["scenario"] == "s2" and stored["train"]["batch_size"] == 2
     assert stored["model"]["pose_std_init"] > 0 and stored["schedule"]["kl_warmup_steps"] > 0
+
+
+@pytest.mark.parametrize("scenario", ["s1", "s2", "s3"])
+def test_track_recipes_train_a_few_steps(tmp_path: Path, scenario: str):
+    """configs/s*_track.toml (the CPU recipes, docs/results.md) as shipped, with a tiny batch."""
+    out = tmp_path / scenario
+    run("train.py", "--config", str(ROOT / "configs" / f"{scenario}_track.toml"), "--out", str(out), "--device", "cpu",
+        "--stop-after", "2", "--set", "train.batch_size=2", "--set", "train.eval_every=2",
+        "--set", "train.eval_size=4", "--set", "train.log_every=1", "--threads", "1")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
+    assert all(r["term/track_future"] < 0 for r in records)  # the teacher's term is on and logged
+    [val] = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
+    assert val["tracking_input_px"] >= 0 and val["tracking_future_px"] >= 0
+    stored = torch.load(out / "latest.pt", weights_only=True)["config"]
+    assert stored["data"]["scenario"] == scenario and stored["model"]["pose_inference"] == "track"
+    assert stored["schedule"]["future_poses_only_steps"] > 0 and stored["loss"]["future_track_std"] > 0

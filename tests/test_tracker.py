@@ -160,3 +160,21 @@ def test_tracker_stays_float32_under_autocast():
         track = track_of(x)
     assert track.centres.dtype == torch.float32 and track.share.dtype == torch.float32
     torch.testing.assert_close(track.centres, track_of(x).centres)
+
+
+def test_the_prediction_lstm_reads_where_its_increments_lead():
+    model = model_with_silent_heads()
+    with torch.no_grad():  # no change of scale in the future, so that fed-back and drawn centres agree
+        model.pose.future_mu.weight[0].zero_()
+        model.pose.future_mu.bias[0] = 0.0
+    fed = []
+    hook = model.pose.predict_cell.register_forward_pre_hook(lambda module, args: fed.append(args[0][:, -4:-2]))
+    try:
+        x = build_dataset(DataConfig(scenario="s2", test_size=2), "test").batch([0, 1])["input"]
+        out = model(x)
+    finally:
+        hook.remove()
+    centres = pose_centres(out.pose)  # (b T k 2)
+    t_in = model.t_in
+    for j, position in enumerate(fed):  # step j reads the centre reached after frame t_in - 1 + j
+        torch.testing.assert_close(position, centres[:, t_in - 1 + j].reshape(-1, 2), atol=1e-4, rtol=0)

@@ -74,11 +74,39 @@ class TrackingPoseInference(PoseInference):
         # the imputation LSTM also reads the track features
         self.impute_cell = nn.LSTMCell(self.impute_cell.input_size + TRACK_FEATURES, hidden)
         self.presence_track = nn.Linear(2, 1)
+        # the prediction LSTM also reads the centre its own increments have reached, and its motion
+        self.predict_cell = nn.LSTMCell(hidden + 4, hidden)
         self.future_mu = nn.Linear(hidden, POSE_DIM)
         dcgan_init_(self.future_mu)
         with torch.no_grad():
             self.presence_track.weight.fill_(_PRESENCE_GAIN / 2)
             self.presence_track.bias.fill_(-_PRESENCE_GAIN * _PRESENCE_AT)
+
+    def rollout_tracked(self, state: tuple[Tensor, Tensor], centre: Tensor, velocity: Tensor,
+                        scale: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The prediction LSTM, fed back where its own increments have moved the slot.
+
+        state: the imputation LSTM's final state (((b k) h) each); centre, velocity (b k 2): the
+        slot's last tracked centre and motion; scale (b k): its posterior mean scale there. Returns
+        the outputs, t_out x ((b k) h), and the increment means (b t_out k 3). Knowing its position,
+        the LSTM has a simple function to learn where an object bounces off a wall.
+        """
+        B = centre.shape[0]
+        h, c = state
+        s = rearrange(scale, "b k -> (b k) 1")
+        position, motion = (rearrange(x, "b k xy -> (b k) xy").float() for x in (centre, velocity))
+        raw = raw_translation(position, s[:, 0])
+        outputs, means = [], []
+        for _ in range(self.t_out):
+            h, c = self.predict_cell(torch.cat([h, position.to(h.dtype), _VELOCITY_GAIN * motion.to(h.dtype)], -1),
+                                     (h, c))
+            mu = self.future_mu(h)  # ((b k) 3)
+            raw = raw + mu[:, 1:].float()
+            reached = -torch.tanh(raw) * (s - _S_MARGIN) / s  # the centre of that raw translation
+            position, motion = reached, reached - position
+            outputs.append(h)
+            means.append(mu)
+        return outputs, rearrange(torch.stack(means, dim=1), "(b k) t p -> b t k p", b=B)
 
     def forward(self, feats: Tensor, frames: Tensor, *, temperature: float | Tensor = 1.0,
                 presence_u: Tensor | None = None, imp_keep: Tensor | None = None,
@@ -99,11 +127,8 @@ class TrackingPoseInference(PoseInference):
         weight = m if imp_keep is None else m * imp_keep
         extra = torch.cat([centres, _VELOCITY_GAIN * velocity, seen], dim=-1).to(e.dtype)  # (b t k 6)
         outputs, state = self.impute(e, weight, extra)
-        outputs = outputs + self.rollout(state)
-        hidden = rearrange(torch.stack(outputs), "t (b k) h -> b t k h", b=B)
         init_mu, init_sigma = self.initial_pose(outputs[0], B)
-
-        hidden_in, hidden_out = hidden.split([T_in, self.t_out], dim=1)
+        hidden_in = rearrange(torch.stack(outputs), "t (b k) h -> b t k h", b=B)
         correction = self.beta_mu(hidden_in)  # (b t_in k 3)
         # The translation that puts the centre at c depends on the scale: take the posterior mean
         # scale of each frame (as a constant: the tracker sets where, not how large).
@@ -111,12 +136,15 @@ class TrackingPoseInference(PoseInference):
         scale = scale.float().clamp(self.scale_prior - 1, self.scale_prior + 1)
         raw = raw_translation(centres, scale)  # (b t_in k 2)
         steps = F.pad(raw.diff(dim=1), (1, 0, 0, 0, 1, 0))  # (b t_in k 3): scale unchanged, none at frame 0
+
+        future, future_mu = self.rollout_tracked(state, centres[:, -1], velocity[:, -1], scale[:, -1])
+        hidden = torch.cat([hidden_in, rearrange(torch.stack(future), "t (b k) h -> b t k h", b=B)], dim=1)
         return PosePosterior(
             encoding=e,
             presence_logits=logits,
             presence=m,
             presence_hard=hard_decision(logits),
-            beta_mu=torch.cat([correction + steps, self.future_mu(hidden_out)], dim=1),
+            beta_mu=torch.cat([correction + steps, future_mu], dim=1),
             beta_sigma=positive_scale(self.beta_sigma(hidden)),
             init_mu=init_mu + F.pad(raw[:, 0], (1, 0)),
             init_sigma=init_sigma,

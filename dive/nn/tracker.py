@@ -105,6 +105,10 @@ class InkTracker(nn.Module):
         pixels = torch.arange(self.template_size, dtype=torch.float32)
         self.register_buffer("template_grid", torch.stack(torch.meshgrid(pixels, pixels, indexing="xy"), -1),
                              persistent=False)  # (W W 2): (x, y) of each template pixel
+        offsets = torch.arange(2 * self.search + 1)[:, None]
+        pixels_in = torch.arange(self.template_size + 2 * self.search)[None, :]
+        box = ((pixels_in >= offsets) & (pixels_in < offsets + self.template_size)).float()
+        self.register_buffer("box", box, persistent=False)  # (2S+1 W+2S): which pixels each offset covers
         span = torch.arange(-self.search, self.search + 1, dtype=torch.float32)
         self.register_buffer("search_grid", rearrange(torch.stack(torch.meshgrid(span, span, indexing="xy"), -1),
                                                       "h w xy -> (h w) xy"), persistent=False)
@@ -245,9 +249,8 @@ class InkTracker(nn.Module):
         n = B * T * K
         kernel = rearrange(repeat(template, "b k h w -> b t k h w", t=T), "b t k h w -> (b t k) 1 h w")
         corr = F.conv2d(window.unsqueeze(0), kernel, groups=n)[0]  # ((b t k) 2S+1 2S+1)
-        # the ink energy under the template at every offset, from an integral image
-        sums = F.pad(window.pow(2).cumsum(1).cumsum(2), (1, 0, 1, 0))
-        energy = sums[:, W:, W:] - sums[:, :-W, W:] - sums[:, W:, :-W] + sums[:, :-W, :-W]
+        # the ink energy under the template at every offset: a box sum, as two banded matmuls
+        energy = self.box @ window.pow(2) @ self.box.T
         norm = kernel.pow(2).sum(dim=(1, 2, 3)).sqrt()[:, None, None]
         score = corr / (energy.clamp(min=0).sqrt() * norm + _EPS)
         weights = torch.softmax(rearrange(score, "n h w -> n (h w)") / _MATCH_TEMPERATURE, dim=-1)
