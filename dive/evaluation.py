@@ -116,10 +116,7 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
-        if amp:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                out = model(batch["input"], **model.diagnostic_inputs(batch))
-        else:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch["input"], **model.diagnostic_inputs(batch))
         mask = _score_mask(batch, cfg)
         # The model's and the baselines' frames against the same targets in one call each: the

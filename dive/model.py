@@ -26,8 +26,8 @@ from .errors import InputError
 from .nn.appearance import AppearanceInference
 from .nn.convnets import FrameEncoder, ObjectDecoder
 from .nn.pose import POSE_DIM, PoseInference, inverse_positive_scale
-from .nn.stn import constrain_pose, object_to_image
 from .nn.pose_track import TrackingPoseInference
+from .nn.stn import constrain_pose, object_to_image
 
 
 @dataclass

@@ -142,7 +142,7 @@ class PoseInference(nn.Module):
         presence, times the imputation-dropout keep mask), the rest coming
         from the regression g of the previous state. Frame 0 always reads e.
         extra (b t k f): further per-frame inputs, appended as they are (the
-        tracking variant's features, dive/nn/tracker.py); None here.
+        tracking variant's features, dive/nn/pose_track.py); None here.
         Returns the outputs, one ((b k) h) per frame, and the final state.
         """
         B, T, K, H = e.shape

@@ -54,22 +54,22 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-# In half-extents 1 / scale_prior (normalised image units).
+# Lengths, in half-extents 1 / scale_prior (normalised image units).
 _RADIUS = 3.0  # window within which a slot claims ink while following
 _DISCOVER_RADIUS = 1.5  # ink a discovered slot removes from what the next one searches
 _EDGE = 0.15  # softness of the windows' edges
 _COMPETE = 0.5  # std of a slot's Gaussian in the softmax over slots
 _BLUR = 0.4  # std of the discovery blur
+_TEMPLATE, _SEARCH = 1.5, 0.85  # template half-size and search radius
+_ISOLATED = 2.25  # a slot farther than this from every other one is alone (its template frame)
+# Unitless.
 _SHARPNESS = 50.0  # discovery softmax: logits = sharpness * heat / the frame's peak heat
 _TRUST_AT, _TRUST_WIDTH = 0.3, 0.08  # trust = sigmoid((claimed / expected - AT) / WIDTH)
 _WIDEN = 1.0  # a slot's Gaussian variance grows by this factor per frame it coasts
 _AGE_DECAY = 1.0  # weight of a pass in the both-ways average: exp(-DECAY * frames coasted)
-_TEMPLATE, _SEARCH = 1.5, 0.85  # template half-size and search radius
-_ISOLATED = 2.25  # a slot farther than this from every other one is alone (its template frame)
-# Unitless.
 _MATCH_TEMPERATURE = 0.02  # soft-argmax over normalised cross-correlations in [-1, 1]
 _SEEN_SHARE, _SEEN_AT = 0.5, 0.6  # seen: 0.5 ink share + 0.5 template match > 0.6
-_COARSE, _FINE = 16, 64  # map sizes of the search and of the refinement
+_COARSE, _FINE = 16, 64  # map sizes (pixels) of the search and of the template matching
 _EPS = 1e-6
 
 
