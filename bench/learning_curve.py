@@ -90,7 +90,7 @@ def _px(value: float | None) -> str:
 def table(runs: dict[str, list[dict]], splits: dict[str, dict | None] | None = None) -> str:
     lines = []
     for name, split in (splits or {}).items():
-        lines.append(f"- {name}: " + ("no validation below {SPLIT_PX:g} px yet" if split is None else
+        lines.append(f"- {name}: " + (f"no validation below {SPLIT_PX:g} px yet" if split is None else
                      f"split (first validation below {SPLIT_PX:g} px) after {split['minutes']:.1f} minutes, "
                      f"step {split['step']:,} ({split['tracking_input_px']:.1f} px)"))
     if lines:

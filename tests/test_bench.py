@@ -58,3 +58,12 @@ def test_split_time_is_the_first_validation_below_4_px(tmp_path: Path):
     (run / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 25')
     assert split_time(run) == {"minutes": 3.0, "step": 1500, "tracking_input_px": 3.9}
     assert split_time(run, threshold=2.5)["step"] == 2000 and split_time(run, threshold=1.0) is None
+
+
+def test_curve_table_states_each_runs_split():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from learning_curve import table
+
+    text = table({}, {"a": {"minutes": 2.6, "step": 500, "tracking_input_px": 1.6}, "b": None})
+    assert "- a: split (first validation below 4 px) after 2.6 minutes, step 500 (1.6 px)" in text
+    assert "- b: no validation below 4 px yet" in text
