@@ -119,3 +119,15 @@ def test_every_row_has_a_published_entry_and_a_config():
         for recipe, files in reproduce.RECIPES.items():
             if row.scenario in files:
                 assert (reproduce.ROOT / files[row.scenario][0]).is_file(), (recipe, row.name)
+
+
+def test_the_table_lock_is_exclusive_while_held(tmp_path: Path):
+    fcntl = pytest.importorskip("fcntl")  # POSIX only; elsewhere the lock is a no-op by design
+    path = tmp_path / "out" / "table.lock"
+    with reproduce._locked(path):
+        with path.open("a") as other:  # a second open file description, as another process would have
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with path.open("a") as other:  # released on exit
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_UN)
