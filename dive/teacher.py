@@ -29,7 +29,6 @@ from .distributions import gaussian_log_prob
 from .metrics import match_slots, pose_centres
 from .nn.tracker import InkTracker
 
-SEEN_AT = 0.6  # seen: 0.5 ink share + 0.5 template match above this
 _OVERLAP = 3  # input frames the teacher also tracks, to match its slots to the model's
 
 
@@ -48,8 +47,7 @@ def future_targets(tracker: InkTracker, batch: dict[str, Tensor], pose: Tensor) 
     future = track.centres.shape[1] - _OVERLAP
     order = repeat(perm.argsort(dim=1), "b k -> b t k", t=future)  # the tracker's slot of each model slot
     centres = torch.gather(track.centres[:, _OVERLAP:], 2, repeat(order, "b t k -> b t k xy", xy=2))
-    cue = 0.5 * track.share[:, _OVERLAP:] + 0.5 * track.match[:, _OVERLAP:]
-    return centres, (torch.gather(cue, 2, order) > SEEN_AT).to(centres.dtype)
+    return centres, torch.gather(track.seen()[:, _OVERLAP:], 2, order).to(centres.dtype)
 
 
 def future_track_term(tracker: InkTracker, batch: dict[str, Tensor], pose: Tensor, image_size: int,

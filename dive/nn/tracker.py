@@ -81,6 +81,14 @@ class Track:
     share: Tensor  # (b t k) ink a slot claims at frame t over its most at any frame, in [0, 1]
     match: Tensor  # (b t k) how well the slot's template matches frame t (normalised cross-correlation)
 
+    def seen(self) -> Tensor:
+        """(b t k) bool: where the slot's digit is seen (the mean of ink share and template match > 0.6)."""
+        return _seen(self.share, self.match)
+
+
+def _seen(share: Tensor, match: Tensor) -> Tensor:
+    return _SEEN_SHARE * share + (1 - _SEEN_SHARE) * match > _SEEN_AT
+
 
 def _grid(size: int) -> Tensor:
     """Pixel centres of a size x size map, (size*size 2) as (x, y), row-major."""
@@ -290,7 +298,7 @@ class InkTracker(nn.Module):
             matched, match = self.match_templates(fine, centres, share)
             if not given:
                 centres = centres + self.trust(share, torch.ones_like(share)).unsqueeze(-1) * (matched - centres)
-                centres = self.fill_gaps(centres, _SEEN_SHARE * share + (1 - _SEEN_SHARE) * match > _SEEN_AT)
+                centres = self.fill_gaps(centres, _seen(share, match))
         return Track(centres=centres, share=share, match=match)
 
 
