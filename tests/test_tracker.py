@@ -9,7 +9,7 @@ from dive.errors import InputError
 from dive.metrics import gather_slots, match_slots, pose_centres
 from dive.model import DIVE
 from dive.nn.stn import constrain_pose
-from dive.nn.pose_track import raw_translation
+from dive.nn.pose_track import raw_translation, translation_centre
 from dive.nn.tracker import InkTracker
 
 from test_model import check_shapes, simple_loss, video
@@ -54,6 +54,11 @@ def test_raw_translation_inverts_the_pose_constraint():
     centres = (torch.rand(100, 2, generator=g) * 2 - 1) * 0.55
     raw = torch.cat([scales[:, None], raw_translation(centres, scales)], dim=-1)
     torch.testing.assert_close(pose_centres(constrain_pose(raw, 3.0)), centres, atol=1e-5, rtol=0)
+    # and translation_centre maps a raw translation back to the centre constrain_pose gives it
+    raw_t = torch.randn(100, 2, generator=g)
+    expected = pose_centres(constrain_pose(torch.cat([scales[:, None], raw_t], dim=-1), 3.0))
+    torch.testing.assert_close(translation_centre(raw_t, scales), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(translation_centre(raw_translation(centres, scales), scales), centres, atol=1e-5, rtol=0)
 
 
 def test_one_object_is_followed_and_coasts_through_a_gap():

@@ -64,6 +64,13 @@ def raw_translation(centres: Tensor, scale: float | Tensor) -> Tensor:
     return torch.atanh(ratio)
 
 
+def translation_centre(raw: Tensor, scale: Tensor) -> Tensor:
+    """The inverse of `raw_translation`: the centre (... 2) of raw translation `raw` (... 2) at
+    scale (...)."""
+    scale = scale.unsqueeze(-1)
+    return -torch.tanh(raw) * (scale - _S_MARGIN) / scale
+
+
 class TrackingPoseInference(PoseInference):
     def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float, *,
                  image_size: int, use_imputation: bool = True, straight_through: bool = False):
@@ -93,16 +100,16 @@ class TrackingPoseInference(PoseInference):
         """
         B = centre.shape[0]
         h, c = state
-        s = rearrange(scale, "b k -> (b k) 1")
+        s = rearrange(scale, "b k -> (b k)")
         position, motion = (rearrange(x, "b k xy -> (b k) xy").float() for x in (centre, velocity))
-        raw = raw_translation(position, s[:, 0])
+        raw = raw_translation(position, s)
         outputs, means = [], []
         for _ in range(self.t_out):
             h, c = self.predict_cell(torch.cat([h, position.to(h.dtype), _VELOCITY_GAIN * motion.to(h.dtype)], -1),
                                      (h, c))
             mu = self.future_mu(h)  # ((b k) 3)
             raw = raw + mu[:, 1:].float()
-            reached = -torch.tanh(raw) * (s - _S_MARGIN) / s  # the centre of that raw translation
+            reached = translation_centre(raw, s)
             position, motion = reached, reached - position
             outputs.append(h)
             means.append(mu)

@@ -260,7 +260,7 @@ class InkTracker(nn.Module):
         # the ink energy under the template at every offset: a box sum, as two banded matmuls
         energy = self.box @ window.pow(2) @ self.box.T
         norm = kernel.pow(2).sum(dim=(1, 2, 3)).sqrt()[:, None, None]
-        score = corr / (energy.clamp(min=0).sqrt() * norm + _EPS)
+        score = corr / (energy.sqrt() * norm + _EPS)
         weights = torch.softmax(rearrange(score, "n h w -> n (h w)") / _MATCH_TEMPERATURE, dim=-1)
         shift = weights @ self.search_grid  # (n 2) as (x, y) pixels
         top_left = w_corner.float() + S + shift
