@@ -23,7 +23,8 @@ frame, and:
    match] at every frame (the tracker's two cues that the object is in
    view), so its state knows where its object is and how it moves;
 3. the future increments come from a head of their own on the rollout LSTM
-   (whole increments, not corrections): the motion, bounces included, is
+   (whole increments, not corrections), which reads back the centre its
+   increments have reached and its motion: the motion, bounces included, is
    learned. Constant velocity would be worse than standing still, since
    Moving MNIST digits bounce off the walls several times in 10 frames;
 4. presence logits: those of dive/nn/pose.py plus a learned linear function
