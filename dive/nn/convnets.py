@@ -61,6 +61,108 @@ class _VectorToMap(nn.ConvTranspose2d):
         return rearrange(flat, "n (h w c) -> n c h w", h=h, w=w)
 
 
+class _SpaceToDepthConv(nn.Conv2d):
+    """An encoder's first layer (4x4, stride 2, padding 1) on a one-channel input, as a 2x2 stride-1 conv of 2x2 pixel blocks.
+
+    Output pixel (i, j) reads padded input pixels 2i + a, 2j + b for taps
+    a, b < 4; with a = 2 ky + p, b = 2 kx + q these are pixel (p, q) of the
+    2x2 blocks (i + ky, j + kx). So padding by one pixel, `pixel_unshuffle`
+    into 4 channels (one per block position) and a 2x2 stride-1 conv with
+    the taps regrouped the same way is the same layer. Same parameter, same
+    values. oneDNN's kernels for a one-channel channels-last input are slow:
+    forward + backward at batch 64 on a 2-core Intel Xeon, 34 -> 15 ms for
+    the frame encoder (64 x 64, no input gradient), 28 -> 14 ms for the
+    object encoder (32 x 32, with one) (docs/performance.md).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (n 1 h w) -> (n c_out h/2 w/2)."""
+        kernel = rearrange(self.weight, "c_out c_in (ky p) (kx q) -> c_out (c_in p q) ky kx", p=2, q=2)
+        blocks = F.pixel_unshuffle(F.pad(x, (1, 1, 1, 1)), 2)
+        return F.conv2d(blocks, kernel.contiguous(memory_format=torch.channels_last))
+
+
+class _FewChannelBatchNorm(nn.BatchNorm2d):
+    """Batch norm for channels-last maps with few channels (the decoder's 8), in training mode.
+
+    The native channels-last kernels vectorise across channels and fall back
+    to slow loops when there are fewer channels than one vector holds: at
+    batch 64 the decoder's 8-channel batch norm took 48 ms forward +
+    backward on a 2-core Intel Xeon, more than any conv. Here the (n h w c)
+    memory is read as a matrix of `fold` pixels x c columns per row (wide
+    rows vectorise), column sums are folded back to per-channel sums, and the
+    backward is the textbook one. Same statistics, running-buffer update
+    (unbiased variance, as torch) and gradients to float rounding; eval mode,
+    other layouts and other settings go to the native kernel.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and self.track_running_stats and self.momentum is not None and self.affine
+                and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                and x.shape[0] * x.shape[2] * x.shape[3] > 1 and not torch.compiler.is_compiling()):
+            return super().forward(x)
+        y, mean, var = _BatchNormChannelsLast.apply(x, self.weight, self.bias, self.eps)
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_((var * (m / (m - 1))).to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+def _fold(rows: int, channels: int, width: int = 128) -> int:
+    """How many pixels to read per matrix row: rows of about `width` values, dividing the pixel count."""
+    fold = max(1, width // channels)
+    while rows % fold:
+        fold //= 2
+    return fold
+
+
+class _BatchNormChannelsLast(torch.autograd.Function):
+    """Training-mode batch norm of a channels-last x (n c h w): returns y, batch mean and biased variance (c)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float):
+        n, c, h, w = x.shape
+        m = n * h * w
+        fold = _fold(m, c)
+        dtype = torch.promote_types(x.dtype, torch.float32)  # bfloat16 under autocast: statistics in float32
+        rows = rearrange(x.to(dtype), "n c h w -> n h w c").reshape(m // fold, fold * c)  # a view: x is channels-last
+
+        def per_channel(matrix: Tensor) -> Tensor:
+            return matrix.sum(dim=0).view(fold, c).sum(dim=0)
+
+        mean = per_channel(rows) / m
+        centred = rows - mean.repeat(fold)
+        var = per_channel(centred * centred) / m
+        inv_std = torch.rsqrt(var + eps)
+        x_hat = centred.mul_(inv_std.repeat(fold))
+        # Written through a row view into a tensor of its own: the next layer's in-place ReLU must not
+        # modify a view made inside this function.
+        y = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=torch.channels_last)
+        torch.addcmul(bias.to(dtype).repeat(fold), x_hat, weight.to(dtype).repeat(fold),
+                      out=rearrange(y, "n c h w -> n h w c").view(m // fold, fold * c))
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.mark_non_differentiable(mean, var)
+        ctx.dims = (n, c, h, w, fold)
+        return y.to(x.dtype), mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, _grad_mean, _grad_var):
+        x_hat, inv_std, weight = ctx.saved_tensors
+        n, c, h, w, fold = ctx.dims
+        m = n * h * w
+        grad = rearrange(grad_y.to(x_hat.dtype), "n c h w -> n h w c").reshape(m // fold, fold * c)
+        sum_grad = grad.sum(dim=0).view(fold, c).sum(dim=0)  # the bias gradient
+        sum_grad_x_hat = (grad * x_hat).sum(dim=0).view(fold, c).sum(dim=0)  # the weight gradient
+        scale = inv_std * weight.to(x_hat.dtype)
+        # dx = scale (dy - mean(dy) - x_hat mean(dy x_hat))
+        grad_x = torch.addcmul((-scale * sum_grad / m).repeat(fold), x_hat, (-scale * sum_grad_x_hat / m).repeat(fold))
+        grad_x = grad_x.addcmul_(grad, scale.repeat(fold))
+        grad_x = rearrange(grad_x.view(n, h, w, c), "n h w c -> n c h w").to(grad_y.dtype)
+        return grad_x, sum_grad_x_hat.to(weight.dtype), sum_grad.to(weight.dtype), None
+
+
 class _UpsampleToImage(nn.ConvTranspose2d):
     """The decoder's last layer (4x4, stride 2, padding 1), computed as a stride-1 transposed conv and a pixel shuffle.
 
@@ -80,14 +182,18 @@ class _UpsampleToImage(nn.ConvTranspose2d):
         return F.pixel_shuffle(F.conv_transpose2d(x, phases), 2)[..., 1:-1, 1:-1]
 
 
+_FEW_CHANNELS = 16  # below this many channels, batch norm goes through _FewChannelBatchNorm
+
+
 def _conv_stack(channels: int, size: int, out_dim: int, width: int) -> nn.Sequential:
     """(N, channels, size, size) -> (N, out_dim, 1, 1)."""
     layers: list[nn.Module] = []
     c_in, c_out = channels, width
     for i in range(num_halvings(size)):
-        layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False))
+        conv = _SpaceToDepthConv if i == 0 and c_in == 1 else nn.Conv2d
+        layers.append(conv(c_in, c_out, 4, 2, 1, bias=False))
         if i > 0:
-            layers.append(nn.BatchNorm2d(c_out))
+            layers.append(_FewChannelBatchNorm(c_out) if c_out < _FEW_CHANNELS else nn.BatchNorm2d(c_out))
         layers.append(nn.LeakyReLU(0.2, inplace=True))
         c_in, c_out = c_out, c_out * 2
     layers.append(_MapToVector(c_in, out_dim, 4, 1, 0, bias=False))
@@ -139,7 +245,8 @@ class ObjectDecoder(nn.Module):
             upsample = _UpsampleToImage if last and c_out == 1 else nn.ConvTranspose2d
             layers.append(upsample(c_in, c_out, 4, 2, 1, bias=False))
             if not last:
-                layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                norm = _FewChannelBatchNorm if c_out < _FEW_CHANNELS else nn.BatchNorm2d
+                layers += [norm(c_out), nn.ReLU(inplace=True)]
             c_in = c_out
         layers.append(nn.Sigmoid())
         self.net = nn.Sequential(*layers)
