@@ -27,7 +27,7 @@ from .nn.appearance import AppearanceInference
 from .nn.convnets import FrameEncoder, ObjectDecoder
 from .nn.pose import POSE_DIM, PoseInference, inverse_positive_scale
 from .nn.pose_track import TrackingPoseInference
-from .nn.stn import constrain_pose, object_to_image
+from .nn.stn import compose, constrain_pose, object_to_image
 
 
 @dataclass
@@ -35,9 +35,9 @@ class DIVEOutput:
     """One forward pass. T = t_in + t_out; S = image_size / 2 (object canvas)."""
 
     input_masked: Tensor  # (b t_in c h w) slots times presence, summed, clamped at 1: compare with the observed input
-    input_rec: Tensor  # (b t_in c h w) slots summed unmasked: the imputed reconstruction
+    input_rec: Tensor | None  # (b t_in c h w) slots summed unmasked: the imputed reconstruction (None: not rendered)
     pred: Tensor  # (b t_out c h w) future frames
-    slots: Tensor  # (b T k c h w) each slot placed in the frame, unmasked
+    slots: Tensor | None  # (b T k c h w) each slot placed in the frame, unmasked (None: not rendered)
     objects: Tensor  # (b T k c S S) decoded object canvases
     pose: Tensor  # (b T k 3) constrained poses (s, tx, ty)
     presence_logits: Tensor  # (b t_in k)
@@ -148,7 +148,7 @@ class DIVE(nn.Module):
     def forward(self, input: Tensor, *, temperature: float | Tensor = 1.0, gamma_app: float = 0.0,
                 gamma_imp: float = 0.0, noise: dict[str, Tensor] | None = None,
                 fill_missing: bool | None = None, true_centres: Tensor | None = None,
-                future_poses_only: bool = False) -> DIVEOutput:
+                future_poses_only: bool = False, render_slots: bool = True) -> DIVEOutput:
         """input (b t_in c h w) in [0, 1] -> DIVEOutput.
 
         Training mode: latents are sampled with `noise` (drawn if None), the
@@ -164,6 +164,10 @@ class DIVE(nn.Module):
         future_poses_only: the future frames' renderings pass gradients to
         their poses only, not to the appearance and the decoder (a training
         warm-up, schedule.future_poses_only_steps; the values are unchanged).
+        render_slots: False renders only what the ELBO reads, the composites
+        input_masked and pred, each in one pass over the slots
+        (dive/nn/stn.py: compose); slots and input_rec are then None. The
+        training loop's setting: same values, a faster step.
         A wrong shape or dtype raises InputError; values are checked by `predict`, not here.
         """
         self.check_input(input, values=False)
@@ -211,25 +215,32 @@ class DIVE(nn.Module):
         if fill_missing:
             z = torch.cat([fill_missing_appearance(z[:, :T_in], post.presence_hard), z[:, T_in:]], dim=1)
 
-        objects = self.decoder(rearrange(z, "b t k a -> (b t k) a"))  # ((b T k) c S S)
+        objects = rearrange(self.decoder(rearrange(z, "b t k a -> (b t k) a")), "(b t k) c h w -> b t k c h w",
+                            b=B, t=T)
         if future_poses_only:
             # Decoded together (batch norm sees the same batch), cut after: while the future poses are
             # still wrong, their frames would teach the appearance and the decoder to blur.
-            objects_in, objects_out = rearrange(objects, "(b t k) c h w -> b t k c h w", b=B, t=T).split(
-                [T_in, self.t_out], dim=1)
-            objects = rearrange(torch.cat([objects_in, objects_out.detach()], dim=1), "b t k c h w -> (b t k) c h w")
-        slots = object_to_image(objects, rearrange(pose, "b t k p -> (b t k) p"), self.image_size,
-                                min_scale=self.min_scale)
-        slots = rearrange(slots, "(b t k) c h w -> b t k c h w", b=B, t=T)
-        objects = rearrange(objects, "(b t k) c h w -> b t k c h w", b=B, t=T)
-
-        # split, not slicing: slice backward would zero-fill a full-size gradient per slice
-        slots_in, slots_out = slots.split([T_in, self.t_out], dim=1)
-        m = rearrange(post.presence, "b t k -> b t k 1 1 1")
+            objects_in, objects_out = objects.split([T_in, self.t_out], dim=1)
+            objects = torch.cat([objects_in, objects_out.detach()], dim=1)
+        if render_slots:
+            slots = object_to_image(rearrange(objects, "b t k c h w -> (b t k) c h w"),
+                                    rearrange(pose, "b t k p -> (b t k) p"), self.image_size, min_scale=self.min_scale)
+            slots = rearrange(slots, "(b t k) c h w -> b t k c h w", b=B, t=T)
+            # split, not slicing: slice backward would zero-fill a full-size gradient per slice
+            slots_in, slots_out = slots.split([T_in, self.t_out], dim=1)
+            m = rearrange(post.presence, "b t k -> b t k 1 1 1")
+            input_masked, input_rec = (slots_in * m).sum(dim=2), slots_in.sum(dim=2)
+            pred = slots_out.sum(dim=2)
+        else:
+            weight = torch.cat([post.presence, post.presence.new_ones(B, self.t_out, K)], dim=1)  # (b T k)
+            frames = compose(rearrange(objects, "b t k c h w -> (b t) k c h w"), rearrange(pose, "b t k p -> (b t) k p"),
+                             rearrange(weight, "b t k -> (b t) k"), self.image_size, min_scale=self.min_scale)
+            input_masked, pred = rearrange(frames, "(b t) c h w -> b t c h w", b=B).split([T_in, self.t_out], dim=1)
+            slots = input_rec = None
         return DIVEOutput(
-            input_masked=(slots_in * m).sum(dim=2).clamp(max=1),
-            input_rec=slots_in.sum(dim=2).clamp(max=1),
-            pred=slots_out.sum(dim=2).clamp(max=1),
+            input_masked=input_masked.clamp(max=1),
+            input_rec=None if input_rec is None else input_rec.clamp(max=1),
+            pred=pred.clamp(max=1),
             slots=slots,
             objects=objects,
             pose=pose,

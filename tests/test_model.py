@@ -97,10 +97,11 @@ def test_shapes_pedestrians():
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_every_parameter_gets_a_gradient(name):
+@pytest.mark.parametrize("render_slots", [True, False])
+def test_every_parameter_gets_a_gradient(name, render_slots):
     model = make(ABLATIONS[name])
     x = video(model)
-    out = model(x, temperature=0.5, gamma_app=0.0, gamma_imp=0.5)
+    out = model(x, temperature=0.5, gamma_app=0.0, gamma_imp=0.5, render_slots=render_slots)
     simple_loss(out, x).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reaches {missing}"
@@ -328,3 +329,38 @@ def test_future_poses_only_cuts_the_future_gradient_into_appearance():
     for prefix in ("decoder.", "appearance."):
         assert reached(False, prefix) and not reached(True, prefix), prefix
     assert reached(True, "pose.future_mu") and reached(True, "pose.predict_cell")  # the future poses still learn
+
+
+@pytest.mark.parametrize("name, dtype, tol", [("dive", torch.float64, 1e-10), ("track", torch.float32, 1e-4)])
+def test_composites_without_slot_images_are_the_same(name, dtype, tol):
+    # render_slots=False (the training step's setting) gives the ELBO's inputs and gradients unchanged.
+    # (The ink tracker runs in float32 only.)
+    model = make(ABLATIONS[name]).to(dtype)
+    x = video(model).to(dtype)
+    noise = {k: v.to(dtype) for k, v in model.sample_noise(B, "cpu", torch.Generator().manual_seed(4)).items()}
+    results = {}
+    for render in (True, False):
+        model.zero_grad()
+        out = model(x, noise=noise, temperature=0.5, render_slots=render)
+        simple_loss(out, x).backward()
+        results[render] = out, [p.grad.clone() for p in model.parameters()]
+    (full, full_grads), (fast, fast_grads) = results[True], results[False]
+    assert fast.slots is None and fast.input_rec is None and full.slots is not None
+    torch.testing.assert_close(fast.input_masked, full.input_masked, atol=tol, rtol=0)
+    torch.testing.assert_close(fast.pred, full.pred, atol=tol, rtol=0)
+    for a, b in zip(fast_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_appearance_predictor_steps_its_lstm_one_frame_at_a_time():
+    # The layer-by-layer lstm_cell loop is the predictor LSTM run on one-frame sequences.
+    model = make()
+    app = model.appearance
+    g = torch.Generator().manual_seed(5)
+    last = torch.randn(B, model.n_slots, app.hidden, generator=g)
+    state = tuple(torch.randn(2, B * model.n_slots, app.hidden, generator=g) for _ in range(2))
+    x, s, want = last.reshape(B * model.n_slots, 1, -1), state, []
+    for _ in range(app.t_out):
+        x, s = app.predictor(x, s)
+        want.append(x.reshape(B, model.n_slots, -1))
+    torch.testing.assert_close(app.predict(last, state), torch.stack(want, dim=1), atol=1e-6, rtol=1e-5)

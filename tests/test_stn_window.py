@@ -1,9 +1,11 @@
-"""The windowed spatial transformer (min_scale given) computes exactly what the full one computes."""
+"""The windowed spatial transformer (min_scale given) computes exactly what the full one computes, and
+compose exactly what placing every object and summing computes."""
 
 import pytest
 import torch
+from einops import rearrange
 
-from dive.nn.stn import image_to_object, object_to_image
+from dive.nn.stn import compose, image_to_object, object_to_image
 
 
 def poses(n: int, min_scale: float, generator: torch.Generator) -> torch.Tensor:
@@ -40,3 +42,23 @@ def test_window_keeps_non_finite_poses_visible():
     assert out[0].isnan().any() and out[1].isnan().any() and out[2].isfinite().all()
     crop = image_to_object(torch.rand(3, 1, 64, 64), pose, 32, min_scale=2.0)
     assert crop[0].isnan().any() and crop[1].isnan().any() and crop[2].isfinite().all()
+
+
+@pytest.mark.parametrize("min_scale", [None, 2.0])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_compose_is_the_weighted_sum_of_placed_objects(channels, min_scale):
+    g = torch.Generator().manual_seed(3)
+    n, k = 16, 3
+    objects = torch.rand(n, k, channels, 32, 32, dtype=torch.float64, generator=g).requires_grad_()
+    pose = rearrange(poses(n * k, min_scale or 2.0, g), "(n k) p -> n k p", k=k).requires_grad_()
+    weight = torch.rand(n, k, dtype=torch.float64, generator=g).requires_grad_()
+    placed = object_to_image(rearrange(objects, "n k c h w -> (n k) c h w"), rearrange(pose, "n k p -> (n k) p"),
+                             64, min_scale=min_scale)
+    want = (rearrange(placed, "(n k) c h w -> n k c h w", k=k) * weight[..., None, None, None]).sum(dim=1)
+    got = compose(objects, pose, weight, 64, min_scale=min_scale)
+    assert got.shape == (n, channels, 64, 64) and got.abs().max() > 0.1
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    upstream = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad(got, (objects, pose, weight), upstream),
+                    torch.autograd.grad(want, (objects, pose, weight), upstream)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

@@ -130,13 +130,58 @@ def object_to_image(objects: Tensor, pose: Tensor, out_size: int, min_scale: flo
     into zeros: the same values, a fraction of the work.
     """
     n, c, h_in, w_in = objects.shape
-    s, tx, ty = pose.unbind(-1)
-    count = None if min_scale is None else _window((1 + 1 / max(h_in, w_in)) * out_size / min_scale, out_size)
+    count = _placement_window(objects, out_size, min_scale)
     if count is None:
+        s, tx, ty = pose.unbind(-1)
         x_out = _pixel_centres(0, out_size, out_size, pose)
         w_y = _interp_matrix(_source_pixels(s, ty, x_out, h_in), h_in)
         w_x = _interp_matrix(_source_pixels(s, tx, x_out, w_in), w_in)
         return _separable(objects, w_y, w_x)
+    window, flat = _place_window(objects, pose, out_size, count)
+    # in place: the out-of-place scatter would first copy the zeros
+    images = objects.new_zeros(n, c, out_size * out_size).scatter_(2, flat, rearrange(window, "n c h w -> n c (h w)"))
+    return rearrange(images, "n c (h w) -> n c h w", h=out_size)
+
+
+def compose(objects: Tensor, pose: Tensor, weight: Tensor, out_size: int, min_scale: float | None = None) -> Tensor:
+    """The weighted sum of placed objects: objects (n k c S S), pose (n k 3), weight (n k) -> (n c H W).
+
+    Equal to the sum over k of ``object_to_image(objects, pose) * weight``
+    (placing is linear in the object, so the weight is applied to the
+    smaller canvas) without the k full-size images in between: each window
+    is added into its frame by one ``scatter_add``. On a training step this
+    saves the (b T k c H W) slot images, their product with the presence,
+    and the backward passes of both and of the sum (docs/performance.md).
+    """
+    n, k = objects.shape[:2]
+    weighted = rearrange(objects * weight[..., None, None, None].to(objects.dtype), "n k c h w -> (n k) c h w")
+    flat_pose = rearrange(pose, "n k p -> (n k) p")
+    count = _placement_window(objects, out_size, min_scale)
+    if count is None:
+        return rearrange(object_to_image(weighted, flat_pose, out_size), "(n k) c h w -> n k c h w", k=k).sum(dim=1)
+    window, flat = _place_window(weighted, flat_pose, out_size, count)
+    # summed in float32 at least: under autocast the windows come out of bfloat16 matmuls
+    dtype = torch.promote_types(window.dtype, torch.float32)
+    images = window.new_zeros(n, objects.shape[2], out_size * out_size, dtype=dtype).scatter_add_(
+        2, rearrange(flat, "(n k) c p -> n c (k p)", k=k), rearrange(window.to(dtype), "(n k) c h w -> n c (k h w)", k=k))
+    return rearrange(images, "n c (h w) -> n c h w", h=out_size)
+
+
+def _placement_window(objects: Tensor, out_size: int, min_scale: float | None) -> int | None:
+    """Pixels per axis of the image window an object (... S S) can touch at scales >= min_scale; None: all."""
+    if min_scale is None:
+        return None
+    return _window((1 + 1 / max(objects.shape[-2:])) * out_size / min_scale, out_size)
+
+
+def _place_window(objects: Tensor, pose: Tensor, out_size: int, count: int) -> tuple[Tensor, Tensor]:
+    """Each object (n c S S) interpolated into its `count` x `count` image window.
+
+    Returns the windows (n c count count) and, for each window value, the
+    index of its pixel in the flattened image, (n c (count count)).
+    """
+    c, h_in, w_in = objects.shape[1:]
+    s, tx, ty = pose.unbind(-1)
 
     def first_pixel(shift: Tensor, in_size: int) -> Tensor:
         # output pixel o samples beyond input pixel -1 for o > ((x_first + 1) out - 1) / 2
@@ -151,9 +196,7 @@ def object_to_image(objects: Tensor, pose: Tensor, out_size: int, min_scale: flo
     rows = y0[:, None] + torch.arange(count, device=pose.device)  # (n count)
     cols = x0[:, None] + torch.arange(count, device=pose.device)
     flat = repeat(rows[:, :, None] * out_size + cols[:, None, :], "n h w -> n c (h w)", c=c)
-    # in place: the out-of-place scatter would first copy the zeros
-    images = objects.new_zeros(n, c, out_size * out_size).scatter_(2, flat, rearrange(window, "n c h w -> n c (h w)"))
-    return rearrange(images, "n c (h w) -> n c h w", h=out_size)
+    return window, flat
 
 
 def image_to_object(images: Tensor, pose: Tensor, obj_size: int, min_scale: float | None = None) -> Tensor:
