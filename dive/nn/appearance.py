@@ -77,16 +77,28 @@ class AppearanceInference(nn.Module):
     def predict(self, last: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
         """Continue every slot's encoder for t_out steps, fed its own output.
 
-        last (b k h): the encoder's last output; state: its final state.
-        Returns (b t_out k h).
+        last (b k h): the encoder's last output; state: its final state
+        ((layers (b k) h) each). Returns (b t_out k h).
+
+        The predictor LSTM is stepped layer by layer with ``torch.lstm_cell``
+        on its own weights: the same maths as calling it on one-frame
+        sequences, without the per-call cost of the fused sequence kernel,
+        which here runs 10 frames x 2 layers of one step each (forward +
+        backward at batch 16: 8.6 -> 5.7 ms on a 2-core CPU).
         """
-        B = last.shape[0]
-        x = rearrange(last, "b k h -> (b k) 1 h")
+        B, lstm = last.shape[0], self.predictor
+        x = rearrange(last, "b k h -> (b k) h")
+        hs, cs = list(state[0].unbind(0)), list(state[1].unbind(0))
         outputs = []
         for _ in range(self.t_out):
-            x, state = self.predictor(x, state)
+            for layer in range(lstm.num_layers):
+                hs[layer], cs[layer] = torch.lstm_cell(
+                    x, (hs[layer], cs[layer]), getattr(lstm, f"weight_ih_l{layer}"),
+                    getattr(lstm, f"weight_hh_l{layer}"), getattr(lstm, f"bias_ih_l{layer}"),
+                    getattr(lstm, f"bias_hh_l{layer}"))
+                x = hs[layer]
             outputs.append(x)
-        return rearrange(torch.cat(outputs, dim=1), "(b k) t h -> b t k h", b=B)
+        return rearrange(torch.stack(outputs), "t (b k) h -> b t k h", b=B)
 
     def dynamic(self, feats: Tensor, enc: Tensor, static: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
         """Dynamic appearance (b T k dyn) for all T = t_in + t_out frames."""
