@@ -31,7 +31,7 @@ from torch import nn
 
 from . import checkpoint, schedules
 from .allocator import retain_freed_memory
-from .compile import compile_model
+from .compile import compile_model, resolve_mode
 from .config import Config, architecture_diff, dumps_toml, to_dict
 from .data import build_dataset, collate
 from .data.common import atomic_write
@@ -152,6 +152,7 @@ class Options:
     device: str = "auto"
     amp: bool = False
     compile: bool = False
+    compile_mode: str = "auto"  # dive.compile.resolve_mode: reduce-overhead (CUDA graphs) on CUDA, default on CPU
     resume: bool = False
     quiet: bool = False
     stop_after: int | None = None  # optimiser steps in this invocation, then checkpoint and stop
@@ -186,6 +187,20 @@ def _fmt_time(seconds: float) -> str:
 def build_model(cfg: Config) -> DIVE:
     torch.manual_seed(cfg.train.seed)
     return DIVE(cfg.model, cfg.data)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Adam:
+    """Adam with the config's settings, as one fused kernel per parameter where torch has one.
+
+    The per-parameter loop of the default implementation launches some ten
+    small ops per tensor (95 tensors): 6.5 ms per step on a 2-core CPU
+    against 1.3 ms fused (docs/performance.md). Same update to float rounding.
+    """
+    kwargs = dict(lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
+    except RuntimeError:  # no fused kernel for this device or torch version (CPU: torch >= 2.4)
+        return torch.optim.Adam(model.parameters(), **kwargs)
 
 
 def _checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, st: State) -> dict[str, Any]:
@@ -236,7 +251,7 @@ def train(cfg: Config, opts: Options) -> State:
             _log(rt, f"resume: config change {change}")
 
     model = build_model(cfg).to(rt.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+    opt = build_optimizer(model, cfg)
     st = State()
     if resume_state is not None:
         checkpoint.load_model_state(model, resume_state, out / "latest.pt")
@@ -267,7 +282,8 @@ def train(cfg: Config, opts: Options) -> State:
         writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=st.step if opts.resume else None)
         _trim_jsonl(out / "log.jsonl", st.step)
         _trim_jsonl(out / "val.jsonl", st.step)
-    _log(rt, f"device {rt.device} | world {rt.world} | amp {opts.amp} | compile {opts.compile} | "
+    compiled = f"{opts.compile} ({resolve_mode(opts.compile_mode, rt.device) or 'default'})" if opts.compile else "False"
+    _log(rt, f"device {rt.device} | world {rt.world} | amp {opts.amp} | compile {compiled} | "
              f"params {sum(p.numel() for p in model.parameters()):,}")
 
     step_model: nn.Module = model
@@ -275,7 +291,7 @@ def train(cfg: Config, opts: Options) -> State:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if opts.compile:
-        step_model = compile_model(step_model)
+        step_model = compile_model(step_model, mode=resolve_mode(opts.compile_mode, rt.device))
 
     dataset = build_dataset(cfg.data, "train", seed=cfg.data.seed)
     val_set = build_dataset(cfg.data, "val") if rt.is_main else None
@@ -349,7 +365,7 @@ def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, 
     with autocast(rt.device, amp):
         out = step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
                          gamma_imp=sched.gamma_imp, noise=noise, future_poses_only=sched.future_poses_only,
-                         **model.diagnostic_inputs(batch))
+                         render_slots=False, **model.diagnostic_inputs(batch))
     # Batches come from the package's datasets, which produce values in [0, 1]; a value check would
     # cost a second host sync per step, and a bad value still ends up as a skipped non-finite step.
     e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask, check_values=False,

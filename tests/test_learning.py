@@ -7,7 +7,7 @@ import torch
 from dive import config, schedules
 from dive.data import MovingMNIST
 from dive.elbo import elbo
-from dive.engine import build_model, step_generator
+from dive.engine import build_model, build_optimizer, step_generator
 
 
 def _errors(model, batch) -> tuple[float, float]:
@@ -26,7 +26,7 @@ def test_overfitting_one_s2_batch_halves_the_errors():
     cfg = config.load("configs/s2.toml", ["train.steps=200"])
     batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(8)))
     model = build_model(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+    opt = build_optimizer(model, cfg)
     rec0, pred0 = _errors(model, batch)
     for step in range(200):
         s = schedules.at(step, cfg)
@@ -40,3 +40,25 @@ def test_overfitting_one_s2_batch_halves_the_errors():
     rec1, pred1 = _errors(model, batch)
     assert rec1 <= 0.5 * rec0, (rec0, rec1)
     assert pred1 <= 0.5 * pred0, (pred0, pred1)
+
+
+def test_the_fused_optimiser_takes_the_default_adam_steps():
+    cfg = config.load("configs/smoke.toml", [])
+    batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(2)))
+    params = {}
+    for fused in (True, False):
+        model = build_model(cfg)
+        opt = build_optimizer(model, cfg)
+        if not fused:
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+        assert opt.defaults["fused"] is (True if fused else None)
+        for step in range(3):
+            noise = model.sample_noise(2, "cpu", generator=step_generator(0, step, 0, torch.device("cpu")))
+            out = model(batch["input"], temperature=0.5, noise=noise, render_slots=False)
+            opt.zero_grad()
+            elbo(out, batch, cfg.loss).loss.backward()
+            opt.step()
+        params[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    moved = (params[True] - torch.cat([p.detach().flatten() for p in build_model(cfg).parameters()])).abs().max()
+    assert moved > 1e-3  # the steps did something
+    torch.testing.assert_close(params[True], params[False], atol=1e-6, rtol=1e-5)
