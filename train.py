@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from dive import checkpoint, config
+from dive.compile import COMPILE_MODES
 from dive.engine import Options, train
 from dive.errors import DIVEError
 
@@ -49,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bfloat16 autocast (default: off)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (default: off)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="auto",
+                   help="torch.compile mode with --compile; auto: reduce-overhead (CUDA graphs) on CUDA, "
+                        "inductor's default on CPU (default: auto)")
     p.add_argument("--seed", type=int, help="sets train.seed and data.seed")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N optimiser steps in this invocation (checkpoint saved; continue with --resume)")
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
         else:
             cfg = config.load(args.config, overrides)
         out = args.resume if args.resume is not None else args.out
-        opts = Options(out=out, device=args.device, amp=args.amp, compile=args.compile,
+        opts = Options(out=out, device=args.device, amp=args.amp, compile=args.compile, compile_mode=args.compile_mode,
                        resume=args.resume is not None, quiet=args.quiet,
                        stop_after=args.stop_after, snapshot_minutes=args.snapshot_minutes,
                        time_limit=args.time_limit * 60 if args.time_limit is not None else None)

@@ -7,6 +7,7 @@
 A mode is a '+'-joined set of switches (``eager`` is the empty set):
 
     compile  dive.compile.compile_model (torch.compile, RNNs traced, full graph)
+    graphs   (with compile) mode reduce-overhead: CUDA graphs, what train.py --compile does on CUDA
     amp      bfloat16 autocast around the forward, as train.py --amp
     nchw     conv weights in the default contiguous layout instead of channels-last
     malloc   dive.allocator.retain_freed_memory(): freed memory stays in the process
@@ -18,11 +19,15 @@ A mode is a '+'-joined set of switches (``eager`` is the empty set):
              may be combined with compile / amp / nchw / malloc
     nobase   (with eval) without the two baselines, as the training loop's validation
 
-Three switches undo one optimisation of the model each, to measure what it buys:
+Some switches undo one optimisation each, to measure what it buys:
 
     fullstn     place and crop over the whole image (no min_scale window)
     convlinear  the encoders' last and the decoder's first layer as convs, not matmuls
     stridedup   the decoder's last layer as oneDNN's strided transposed conv
+    firstconv   the encoders' one-channel first layer as a plain strided conv (no space-to-depth)
+    nativebn    torch's batch norm for the decoder's 8-channel layer
+    slots       render every slot's image and sum them, as an eval pass does (no compose)
+    loopadam    torch's default Adam (a loop of small ops per parameter), not the fused one
 
 The step is the one train.py takes (dive.engine._train_step): noise from
 ``step_generator``, forward under ``autocast`` with the schedule's values,
@@ -58,8 +63,12 @@ Method, chosen to be honest on a small noisy machine:
   as evaluate.py does, with every metric and the baselines.
 
 ``--json`` prints one object; every timed configuration in ``results`` has
-``batch``, ``mode`` and ``median_s`` (seconds per step, or per evaluation batch
-of 64 for eval modes, which also carry ``seq_per_s``).
+``batch``, ``mode``, ``median_s`` (seconds per step, or per evaluation batch
+of 64 for eval modes) and ``seq_per_s`` (training or evaluated sequences per
+second); ``machine`` names the CPU (and the GPU with ``--device cuda``).
+
+On CUDA (``--device cuda``) every step ends with a device synchronisation,
+and ``gpu_peak_gib`` is torch.cuda.max_memory_allocated of the worker.
 """
 
 from __future__ import annotations
@@ -82,8 +91,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(ROOT))
 
-SWITCHES = ("compile", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
-            "fullstn", "convlinear", "stridedup")
+SWITCHES = ("compile", "graphs", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
+            "fullstn", "convlinear", "stridedup", "firstconv", "nativebn", "slots", "loopadam")
 DEFAULT_MODES = "eager,nchw,amp,compile,compile+amp,data,compile+data,eval,compile+eval"
 GIB = 1024 ** 3
 
@@ -96,6 +105,8 @@ def parse_mode(mode: str) -> frozenset[str]:
                          f"'+'-joined {', '.join(SWITCHES)}")
     if "eval" in parts and parts & {"data", "loader"}:
         raise SystemExit(f"mode {mode!r}: eval always generates its data; drop 'data' / 'loader'")
+    if "graphs" in parts and "compile" not in parts:
+        raise SystemExit(f"mode {mode!r}: 'graphs' is a compile mode; add 'compile'")
     if "nobase" in parts and "eval" not in parts:
         raise SystemExit(f"mode {mode!r}: 'nobase' only goes with 'eval'")
     if {"data", "loader"} <= parts:
@@ -158,6 +169,10 @@ def undo_optimisations(model, switches: frozenset[str]) -> None:
             m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)
         if "stridedup" in switches and isinstance(m, convnets._UpsampleToImage):
             m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)
+        if "firstconv" in switches and isinstance(m, convnets._SpaceToDepthConv):
+            m.forward = types.MethodType(nn.Conv2d.forward, m)
+        if "nativebn" in switches and isinstance(m, convnets._FewChannelBatchNorm):
+            m.forward = types.MethodType(nn.BatchNorm2d.forward, m)
 
 
 class Worker:
@@ -171,7 +186,7 @@ class Worker:
         self.spec = spec
         self.switches = parse_mode(spec["mode"])
         self.batch_size = spec["batch"]
-        self.device = torch.device("cpu")
+        self.device = torch.device(spec.get("device", "cpu"))
         self.base_rss = rss_bytes()
 
         workers = 1 if "loader" in self.switches else 0
@@ -186,7 +201,7 @@ class Worker:
         if "compile" in self.switches:
             from dive.compile import compile_model
 
-            self.step_model = compile_model(model)
+            self.step_model = compile_model(model, mode="reduce-overhead" if "graphs" in self.switches else None)
         self.amp = "amp" in self.switches
         self.step = 0
 
@@ -201,12 +216,19 @@ class Worker:
                 from dive.engine import Runtime, train_batches
 
                 self.loader = train_batches(self.train_set, cfg, 0, Runtime(device=self.device))
-            self.opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+            from dive.engine import build_optimizer
+
+            self.opt = build_optimizer(model, cfg)
+            if "loopadam" in self.switches:
+                self.opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
             from dive.elbo import elbo
 
             # as the training loop calls it: the package's own batches need no value check
             has_check = "check_values" in inspect.signature(elbo).parameters
             self.elbo_kwargs = {"check_values": False} if has_check else {}
+            # as the training loop renders: the composites only, unless 'slots' asks for the slot images
+            can_skip = "render_slots" in inspect.signature(model.forward).parameters
+            self.forward_kwargs = {"render_slots": "slots" in self.switches} if can_skip else {}
             self.run_once = self._train_step
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
@@ -238,7 +260,7 @@ class Worker:
                                    generator=step_generator(cfg.train.seed, sched.step, 0, self.device))
         with autocast(self.device, self.amp):
             out = self.step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
-                                  gamma_imp=sched.gamma_imp, noise=noise)
+                                  gamma_imp=sched.gamma_imp, noise=noise, **self.forward_kwargs)
         e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask,
                  **self.elbo_kwargs)
         self.opt.zero_grad(set_to_none=True)
@@ -288,6 +310,8 @@ class Worker:
         for _ in range(n):
             t0 = time.perf_counter()
             self.run_once()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             times.append(time.perf_counter() - t0)
         return times
 
@@ -317,7 +341,9 @@ def worker_main(spec_json: str) -> None:
             # Counted last: the count runs one eager step, which must not add to the memory
             # measured for a compiled configuration (train.py --compile never runs one).
             flops = w.count_flops() if spec["flops"] else None
-            send({"peak_rss": peak, "steady_rss": steady, "base_rss": w.base_rss, "flops": flops})
+            gpu_peak = torch.cuda.max_memory_allocated(w.device) if w.device.type == "cuda" else None
+            send({"peak_rss": peak, "steady_rss": steady, "base_rss": w.base_rss, "flops": flops,
+                  "gpu_peak": gpu_peak})
             return
 
 
@@ -394,13 +420,14 @@ def machine() -> dict:
                 model_name = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu": model_name, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": model_name, "logical_cpus": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "python": platform.python_version()}
 
 
 def run(args) -> dict:
     specs = [{"batch": b, "mode": m, "config": args.config, "threads": args.threads, "warmup": args.warmup,
-              "eval_n": args.eval_n, "flops": not args.no_flops}
+              "eval_n": args.eval_n, "flops": not args.no_flops, "device": args.device}
              for m in args.modes for b in ([64] if "eval" in parse_mode(m) else args.batch)]
     seen, unique = set(), []
     for s in specs:  # eval modes use batch 64 whatever --batch says
@@ -444,43 +471,47 @@ def run(args) -> dict:
                "peak_rss_gib": mem["peak_rss"] / GIB,
                "steady_rss_gib": None if mem["steady_rss"] is None else mem["steady_rss"] / GIB,
                "base_rss_gib": None if mem["base_rss"] is None else mem["base_rss"] / GIB,
-               "setup_s": p.ready["setup_s"], "flops": mem["flops"]}
+               "setup_s": p.ready["setup_s"], "flops": mem["flops"],
+               "gpu_peak_gib": None if mem.get("gpu_peak") is None else mem["gpu_peak"] / GIB}
         if "eval" in sw:
             n = p.ready["sequences"]
             row["sequences"] = n
             row["seq_per_s"] = n / q["median_s"]
             row["median_s"] = q["median_s"] / -(-n // 64)  # per evaluation batch of 64
+        else:
+            row["seq_per_s"] = p.spec["batch"] / q["median_s"]
         row["gflop_per_s"] = mem["flops"] / q["median_s"] / 1e9 if mem["flops"] and "eval" not in sw \
             else None
         results.append(row)
-    return {"config": args.config, "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk,
+    return {"config": args.config, "device": args.device, "threads": args.threads, "repeats": args.repeats,
+            "chunk": args.chunk,
             "warmup": args.warmup, "machine": machine(), "timed_wall_s": wall, "other_cpu_s": other_cpu_s,
             "matmul_ref_gflop_per_s": statistics.median(ref) if ref else None, "results": results}
 
 
 def print_table(report: dict) -> None:
     m = report["machine"]
-    print(f"{report['config']} | {m['cpu']} | torch {m['torch']} | {report['threads']} threads | "
+    where = f"{m['gpu']} ({report['device']}) | host CPU {m['cpu']}" if report["device"] != "cpu" else m["cpu"]
+    print(f"{report['config']} | {where} | torch {m['torch']} | {report['threads']} threads | "
           f"{report['repeats']} rounds x {report['chunk']} step(s), interleaved")
     print(f"matmul reference (fp32 1024^3): {report['matmul_ref_gflop_per_s']:.1f} GFLOP/s")
     if report["other_cpu_s"] is not None:
         print(f"other processes used {report['other_cpu_s']:.1f} CPU-s during the {report['timed_wall_s']:.0f} s "
               "of timed rounds (0 on a quiet machine)")
     mw = max([14] + [len(r["mode"]) for r in report["results"]])
-    print(f"{'batch':>5s} {'mode':{mw}s} {'median':>9s} {'p25-p75':>15s} {'min':>8s} {'peak':>9s} {'steady':>9s} "
-          f"{'GFLOP':>7s} {'GFLOP/s':>8s}")
+    print(f"{'batch':>5s} {'mode':{mw}s} {'median':>9s} {'seq/s':>8s} {'p25-p75':>15s} {'min':>8s} {'peak':>9s} "
+          f"{'steady':>9s} {'GPU peak':>9s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
     for r in report["results"]:
         steady = f"{r['steady_rss_gib']:.2f} GiB" if r["steady_rss_gib"] is not None else "-"
         flops = f"{r['flops'] / 1e9:.1f}" if r["flops"] else "-"
         rate = f"{r['gflop_per_s']:.1f}" if r["gflop_per_s"] else "-"
-        if "seq_per_s" in r:
-            med = f"{r['seq_per_s']:.0f} seq/s"
+        gpu = f"{r['gpu_peak_gib']:.2f} GiB" if r.get("gpu_peak_gib") is not None else "-"
+        if "sequences" in r:  # an evaluation pass: per batch of 64
             spread = f"over {r['sequences']} seq"
         else:
-            med = f"{r['median_s'] * 1e3:.0f} ms"
             spread = f"{r['p25_s'] * 1e3:.0f}-{r['p75_s'] * 1e3:.0f} ms"
-        print(f"{r['batch']:5d} {r['mode']:{mw}s} {med:>9s} {spread:>15s} {r['min_s'] * 1e3:6.0f}ms "
-              f"{r['peak_rss_gib']:5.2f} GiB {steady:>9s} {flops:>7s} {rate:>8s}")
+        print(f"{r['batch']:5d} {r['mode']:{mw}s} {r['median_s'] * 1e3:6.0f} ms {r['seq_per_s']:8.0f} {spread:>15s} "
+              f"{r['min_s'] * 1e3:6.0f}ms {r['peak_rss_gib']:5.2f} GiB {steady:>9s} {gpu:>9s} {flops:>7s} {rate:>8s}")
 
 
 def main(argv=None) -> None:
@@ -492,6 +523,7 @@ def main(argv=None) -> None:
     ap.add_argument("--chunk", type=int, default=1, help="training steps per configuration per round")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps (and compilation) per configuration")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     ap.add_argument("--eval-n", type=int, default=1024, help="test sequences per evaluation (default all)")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

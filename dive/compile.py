@@ -43,6 +43,24 @@ class CompiledModel(nn.Module):
         return self.compiled(input, **kwargs)
 
 
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
+
+
+def resolve_mode(mode: str, device: torch.device) -> str | None:
+    """The torch.compile mode for `mode` on `device` (None: inductor's default).
+
+    "auto" is "reduce-overhead" on CUDA: the step is hundreds of small
+    kernels (LSTM loops over frames and slots), so launching them costs more
+    than running them, and CUDA graphs replay the whole graph in one launch.
+    On CPU there is nothing to replay: inductor's default mode.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "reduce-overhead" if torch.device(device).type == "cuda" else None
+    return None if mode == "default" else mode
+
+
 def compile_model(model: nn.Module, *, fullgraph: bool | None = None, dynamic: bool | None = None,
                   mode: str | None = None) -> CompiledModel:
     """`model` compiled with the settings above; call the result as the model.

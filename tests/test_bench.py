@@ -21,7 +21,8 @@ def test_train_step_bench_json():
     assert {"config", "threads", "repeats", "machine", "matmul_ref_gflop_per_s", "results"} <= set(report)
     [row] = report["results"]
     assert row["batch"] == 2 and row["mode"] == "eager" and row["n"] == 1
-    for key in ("median_s", "p25_s", "p75_s", "min_s", "max_s", "peak_rss_gib", "flops", "gflop_per_s"):
+    assert report["machine"]["cpu"] and report["device"] == "cpu"
+    for key in ("median_s", "p25_s", "p75_s", "min_s", "max_s", "peak_rss_gib", "flops", "gflop_per_s", "seq_per_s"):
         assert isinstance(row[key], (int, float)) and row[key] > 0, key
 
 
