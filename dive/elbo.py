@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from .config import LossConfig
-from .distributions import bernoulli_kl, gaussian_kl, gaussian_log_prob
+from .distributions import bernoulli_kl, gaussian_kl, gaussian_log_likelihood
 from .errors import InputError
 
 
@@ -182,9 +182,8 @@ def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1
     xhat, yhat = out.input_masked.float(), out.pred.float()
     if blur > 0:
         x, y, xhat, yhat = (gaussian_blur(a.float(), blur) for a in (x, y, xhat, yhat))
-    ll_input = (gaussian_log_prob(x, xhat, sigma_x) * v).sum()
-    ll_future_px = gaussian_log_prob(y, yhat, sigma_x)
-    ll_future = (ll_future_px * v).sum() if future_mask else ll_future_px.sum()
+    ll_input = gaussian_log_likelihood(x, xhat, sigma_x, weight=v)
+    ll_future = gaussian_log_likelihood(y, yhat, sigma_x, weight=v if future_mask else None)
 
     t_in = out.presence_logits.shape[1]
     init_mean = torch.tensor(cfg.init_pose_prior_mean, dtype=torch.float32, device=x.device)

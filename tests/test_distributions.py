@@ -15,6 +15,7 @@ from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 from dive.distributions import (
     bernoulli_kl,
     gaussian_kl,
+    gaussian_log_likelihood,
     gaussian_log_prob,
     gaussian_rsample,
     hard_decision,
@@ -61,6 +62,26 @@ def test_gaussian_log_prob_float32_with_scalar_sigma():
     x, mu = torch.randn(N, generator=g), torch.randn(N, generator=g)
     sigma = torch.tensor(0.3)
     torch.testing.assert_close(gaussian_log_prob(x, mu, sigma), Normal(mu, sigma).log_prob(x))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gaussian_log_likelihood_is_the_weighted_sum_of_log_densities(weighted):
+    g = gen(7)
+    x = torch.rand(3, 4, 1, 5, 6, dtype=D, generator=g)
+    mu = torch.rand(3, 4, 1, 5, 6, dtype=D, generator=g)
+    mask = (torch.rand(3, 1, 1, 5, 6, generator=g) > 0.3).to(D) if weighted else None  # broadcast over dim 1
+    oracle = Normal(mu, 0.3).log_prob(x)
+    oracle = (oracle * mask).sum() if weighted else oracle.sum()
+    torch.testing.assert_close(gaussian_log_likelihood(x, mu, 0.3, weight=mask), oracle, rtol=1e-12, atol=1e-9)
+    mu.requires_grad_()
+    ours = torch.autograd.grad(gaussian_log_likelihood(x, mu, torch.tensor(0.3, dtype=D), weight=mask), mu)[0]
+    want = torch.autograd.grad(((Normal(mu, 0.3).log_prob(x)) * (1 if mask is None else mask)).sum(), mu)[0]
+    torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_log_likelihood_takes_one_std():
+    with pytest.raises(ValueError, match="one std"):
+        gaussian_log_likelihood(torch.zeros(3), torch.zeros(3), torch.ones(3))
 
 
 def test_gaussian_kl_matches_oracle():
