@@ -282,7 +282,8 @@ def train(cfg: Config, opts: Options) -> State:
         writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=st.step if opts.resume else None)
         _trim_jsonl(out / "log.jsonl", st.step)
         _trim_jsonl(out / "val.jsonl", st.step)
-    compiled = f"{opts.compile} ({resolve_mode(opts.compile_mode, rt.device) or 'default'})" if opts.compile else "False"
+    mode = resolve_mode(opts.compile_mode, rt.device) or "default"
+    compiled = f"True ({mode})" if opts.compile else "False"
     _log(rt, f"device {rt.device} | world {rt.world} | amp {opts.amp} | compile {compiled} | "
              f"params {sum(p.numel() for p in model.parameters()):,}")
 

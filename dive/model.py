@@ -233,8 +233,9 @@ class DIVE(nn.Module):
             pred = slots_out.sum(dim=2)
         else:
             weight = torch.cat([post.presence, post.presence.new_ones(B, self.t_out, K)], dim=1)  # (b T k)
-            frames = compose(rearrange(objects, "b t k c h w -> (b t) k c h w"), rearrange(pose, "b t k p -> (b t) k p"),
-                             rearrange(weight, "b t k -> (b t) k"), self.image_size, min_scale=self.min_scale)
+            frames = compose(rearrange(objects, "b t k c h w -> (b t) k c h w"),
+                             rearrange(pose, "b t k p -> (b t) k p"), rearrange(weight, "b t k -> (b t) k"),
+                             self.image_size, min_scale=self.min_scale)
             input_masked, pred = rearrange(frames, "(b t) c h w -> b t c h w", b=B).split([T_in, self.t_out], dim=1)
             slots = input_rec = None
         return DIVEOutput(

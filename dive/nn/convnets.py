@@ -62,7 +62,7 @@ class _VectorToMap(nn.ConvTranspose2d):
 
 
 class _SpaceToDepthConv(nn.Conv2d):
-    """An encoder's first layer (4x4, stride 2, padding 1) on a one-channel input, as a 2x2 stride-1 conv of 2x2 pixel blocks.
+    """An encoder's first layer (4x4, stride 2, padding 1) on one input channel, as a 2x2 conv of 2x2 pixel blocks.
 
     Output pixel (i, j) reads padded input pixels 2i + a, 2j + b for taps
     a, b < 4; with a = 2 ky + p, b = 2 kx + q these are pixel (p, q) of the

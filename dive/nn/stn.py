@@ -162,8 +162,9 @@ def compose(objects: Tensor, pose: Tensor, weight: Tensor, out_size: int, min_sc
     window, flat = _place_window(weighted, flat_pose, out_size, count)
     # summed in float32 at least: under autocast the windows come out of bfloat16 matmuls
     dtype = torch.promote_types(window.dtype, torch.float32)
-    images = window.new_zeros(n, objects.shape[2], out_size * out_size, dtype=dtype).scatter_add_(
-        2, rearrange(flat, "(n k) c p -> n c (k p)", k=k), rearrange(window.to(dtype), "(n k) c h w -> n c (k h w)", k=k))
+    index = rearrange(flat, "(n k) c p -> n c (k p)", k=k)
+    values = rearrange(window.to(dtype), "(n k) c h w -> n c (k h w)", k=k)
+    images = window.new_zeros(n, objects.shape[2], out_size * out_size, dtype=dtype).scatter_add_(2, index, values)
     return rearrange(images, "n c (h w) -> n c h w", h=out_size)
 
 
