@@ -77,6 +77,8 @@ class _SpaceToDepthConv(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (n 1 h w) -> (n c_out h/2 w/2)."""
+        if x.device.type != "cpu":  # measured on CPU only; cuDNN has kernels of its own for this shape
+            return super().forward(x)
         kernel = rearrange(self.weight, "c_out c_in (ky p) (kx q) -> c_out (c_in p q) ky kx", p=2, q=2)
         blocks = F.pixel_unshuffle(F.pad(x, (1, 1, 1, 1)), 2)
         return F.conv2d(blocks, kernel.contiguous(memory_format=torch.channels_last))
@@ -93,12 +95,12 @@ class _FewChannelBatchNorm(nn.BatchNorm2d):
     rows vectorise), column sums are folded back to per-channel sums, and the
     backward is the textbook one. Same statistics, running-buffer update
     (unbiased variance, as torch) and gradients to float rounding; eval mode,
-    other layouts and other settings go to the native kernel.
+    other devices, layouts and settings go to torch's kernel.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.track_running_stats and self.momentum is not None and self.affine
-                and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
                 and x.shape[0] * x.shape[2] * x.shape[3] > 1 and not torch.compiler.is_compiling()):
             return super().forward(x)
         y, mean, var = _BatchNormChannelsLast.apply(x, self.weight, self.bias, self.eps)
