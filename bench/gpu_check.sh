@@ -6,6 +6,8 @@
 #     SKIP_TRAIN=1 bash bench/gpu_check.sh
 #
 # Put the printed figures (benchmark table, steps/s, metrics) in docs/performance.md, "GPU".
+# Compiled without CUDA graphs, for comparison (two more minutes):
+#     python bench/train_step.py --device cuda --batch 64 --modes compile+amp,compile+amp+graphs --no-flops
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_check}"
@@ -16,8 +18,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/de
 echo "== CUDA tests"
 python -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/tests.txt"
 
-echo "== training step, batch 64 (eager, AMP, compiled + AMP, compiled + AMP + CUDA graphs)"
-python bench/train_step.py --device cuda --batch 64 --modes eager,amp,compile+amp,compile+amp+graphs \
+echo "== training step, batch 64 (eager, AMP, compiled + AMP + CUDA graphs: what train.py --amp --compile runs)"
+python bench/train_step.py --device cuda --batch 64 --modes eager,amp,compile+amp+graphs \
     --repeats 20 --warmup 5 --no-flops --json > "$OUT/train_step.json"
 python -c "import json, sys; sys.path.insert(0, 'bench'); import train_step; train_step.print_table(json.load(open('$OUT/train_step.json')))" \
     | tee "$OUT/train_step.txt"

@@ -8,6 +8,7 @@ A mode is a '+'-joined set of switches (``eager`` is the empty set):
 
     compile  dive.compile.compile_model (torch.compile, RNNs traced, full graph)
     graphs   (with compile) mode reduce-overhead: CUDA graphs, what train.py --compile does on CUDA
+    cppwrapper  (with compile) inductor's C++ wrapper around the compiled kernels (less Python per call)
     amp      bfloat16 autocast around the forward, as train.py --amp
     nchw     conv weights in the default contiguous layout instead of channels-last
     malloc   dive.allocator.retain_freed_memory(): freed memory stays in the process
@@ -91,7 +92,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(ROOT))
 
-SWITCHES = ("compile", "graphs", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
+SWITCHES = ("compile", "graphs", "cppwrapper", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
             "fullstn", "convlinear", "stridedup", "firstconv", "nativebn", "slots", "loopadam")
 DEFAULT_MODES = "eager,nchw,amp,compile,compile+amp,data,compile+data,eval,compile+eval"
 GIB = 1024 ** 3
@@ -105,8 +106,9 @@ def parse_mode(mode: str) -> frozenset[str]:
                          f"'+'-joined {', '.join(SWITCHES)}")
     if "eval" in parts and parts & {"data", "loader"}:
         raise SystemExit(f"mode {mode!r}: eval always generates its data; drop 'data' / 'loader'")
-    if "graphs" in parts and "compile" not in parts:
-        raise SystemExit(f"mode {mode!r}: 'graphs' is a compile mode; add 'compile'")
+    for option in ("graphs", "cppwrapper"):
+        if option in parts and "compile" not in parts:
+            raise SystemExit(f"mode {mode!r}: '{option}' is a compile option; add 'compile'")
     if "nobase" in parts and "eval" not in parts:
         raise SystemExit(f"mode {mode!r}: 'nobase' only goes with 'eval'")
     if {"data", "loader"} <= parts:
@@ -201,6 +203,11 @@ class Worker:
         if "compile" in self.switches:
             from dive.compile import compile_model
 
+            if "cppwrapper" in self.switches:
+                import torch._inductor.config
+
+                torch._inductor.config.cpp_wrapper = True
+
             self.step_model = compile_model(model, mode="reduce-overhead" if "graphs" in self.switches else None)
         self.amp = "amp" in self.switches
         self.step = 0
@@ -218,9 +225,8 @@ class Worker:
                 self.loader = train_batches(self.train_set, cfg, 0, Runtime(device=self.device))
             from dive.engine import build_optimizer
 
-            self.opt = build_optimizer(model, cfg)
-            if "loopadam" in self.switches:
-                self.opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+            self.opt = (torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+                        if "loopadam" in self.switches else build_optimizer(model, cfg))
             from dive.elbo import elbo
 
             # as the training loop calls it: the package's own batches need no value check

@@ -282,8 +282,8 @@ def train(cfg: Config, opts: Options) -> State:
         writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=st.step if opts.resume else None)
         _trim_jsonl(out / "log.jsonl", st.step)
         _trim_jsonl(out / "val.jsonl", st.step)
-    mode = resolve_mode(opts.compile_mode, rt.device) or "default"
-    compiled = f"True ({mode})" if opts.compile else "False"
+    compile_mode = resolve_mode(opts.compile_mode, rt.device)
+    compiled = f"True ({compile_mode or 'default'})" if opts.compile else "False"
     _log(rt, f"device {rt.device} | world {rt.world} | amp {opts.amp} | compile {compiled} | "
              f"params {sum(p.numel() for p in model.parameters()):,}")
 
@@ -292,7 +292,7 @@ def train(cfg: Config, opts: Options) -> State:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if opts.compile:
-        step_model = compile_model(step_model, mode=resolve_mode(opts.compile_mode, rt.device))
+        step_model = compile_model(step_model, mode=compile_mode)
 
     dataset = build_dataset(cfg.data, "train", seed=cfg.data.seed)
     val_set = build_dataset(cfg.data, "val") if rt.is_main else None

@@ -51,9 +51,11 @@ def test_gpu_forward_and_gradients_match_the_cpu(monkeypatch):
     assert torch.nn.functional.cosine_similarity(grad_g, grad_c, dim=0) > 0.999
 
 
-@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
-def test_compiled_amp_training_steps_on_the_gpu(mode):
-    from dive.compile import compile_model
+def test_compiled_amp_training_steps_on_the_gpu():
+    # what train.py --amp --compile runs on CUDA: CUDA graphs (dive.compile.resolve_mode)
+    from dive.compile import compile_model, resolve_mode
+
+    mode = resolve_mode("auto", torch.device("cuda"))
 
     cfg, batch = _setup(8)
     model = build_model(cfg).cuda()

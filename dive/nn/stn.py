@@ -11,6 +11,8 @@ centred at (-tx/s, -ty/s).
 
 * ``object_to_image`` places an object: every image pixel samples the object
   canvas at (s x + tx, s y + ty).
+* ``compose`` places the k objects of a frame and sums them, each times a
+  weight (the presence), without the k separate images in between.
 * ``image_to_object`` crops it back: every canvas pixel samples the image at the
   inverse map, x_img = x_obj / s - tx / s, i.e. the pose (1/s, -tx/s, -ty/s).
 
