@@ -204,9 +204,9 @@ class Worker:
             from dive.compile import compile_model
 
             if "cppwrapper" in self.switches:
-                import torch._inductor.config
+                from torch._inductor import config as inductor_config
 
-                torch._inductor.config.cpp_wrapper = True
+                inductor_config.cpp_wrapper = True
 
             self.step_model = compile_model(model, mode="reduce-overhead" if "graphs" in self.switches else None)
         self.amp = "amp" in self.switches
