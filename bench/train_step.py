@@ -8,7 +8,6 @@ A mode is a '+'-joined set of switches (``eager`` is the empty set):
 
     compile  dive.compile.compile_model (torch.compile, RNNs traced, full graph)
     graphs   (with compile) mode reduce-overhead: CUDA graphs, what train.py --compile does on CUDA
-    cppwrapper  (with compile) inductor's C++ wrapper around the compiled kernels (less Python per call)
     amp      bfloat16 autocast around the forward, as train.py --amp
     nchw     conv weights in the default contiguous layout instead of channels-last
     malloc   dive.allocator.retain_freed_memory(): freed memory stays in the process
@@ -92,7 +91,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(ROOT))
 
-SWITCHES = ("compile", "graphs", "cppwrapper", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
+SWITCHES = ("compile", "graphs", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
             "fullstn", "convlinear", "stridedup", "firstconv", "nativebn", "slots", "loopadam")
 DEFAULT_MODES = "eager,nchw,amp,compile,compile+amp,data,compile+data,eval,compile+eval"
 GIB = 1024 ** 3
@@ -106,9 +105,8 @@ def parse_mode(mode: str) -> frozenset[str]:
                          f"'+'-joined {', '.join(SWITCHES)}")
     if "eval" in parts and parts & {"data", "loader"}:
         raise SystemExit(f"mode {mode!r}: eval always generates its data; drop 'data' / 'loader'")
-    for option in ("graphs", "cppwrapper"):
-        if option in parts and "compile" not in parts:
-            raise SystemExit(f"mode {mode!r}: '{option}' is a compile option; add 'compile'")
+    if "graphs" in parts and "compile" not in parts:
+        raise SystemExit(f"mode {mode!r}: 'graphs' is a compile mode; add 'compile'")
     if "nobase" in parts and "eval" not in parts:
         raise SystemExit(f"mode {mode!r}: 'nobase' only goes with 'eval'")
     if {"data", "loader"} <= parts:
@@ -202,11 +200,6 @@ class Worker:
         self.step_model = model
         if "compile" in self.switches:
             from dive.compile import compile_model
-
-            if "cppwrapper" in self.switches:
-                from torch._inductor import config as inductor_config
-
-                inductor_config.cpp_wrapper = True
 
             self.step_model = compile_model(model, mode="reduce-overhead" if "graphs" in self.switches else None)
         self.amp = "amp" in self.switches
