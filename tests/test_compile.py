@@ -23,8 +23,9 @@ def test_compile_modes():
 
 
 def test_compiled_training_pass_computes_the_eager_one():
-    # The fast layers step aside while compiling (inductor fuses torch's own), so the compiled graph
-    # must still give the eager values and gradients.
+    # The few-channel batch norm steps aside while compiling (inductor fuses torch's own) and the
+    # space-to-depth conv and compose are traced as they are: the compiled graph must still give
+    # the eager values and gradients.
     torch.set_num_threads(2)
     cfg = config.load("configs/smoke.toml", [])
     batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(2)))
