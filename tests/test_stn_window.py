@@ -62,3 +62,21 @@ def test_compose_is_the_weighted_sum_of_placed_objects(channels, min_scale):
     for a, b in zip(torch.autograd.grad(got, (objects, pose, weight), upstream),
                     torch.autograd.grad(want, (objects, pose, weight), upstream)):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("min_scale", [None, 2.0])
+def test_crops_per_image_match_crops_of_repeated_images(min_scale):
+    """per_image = k crops image i at poses i k .. i k + k - 1, as k copies of the images would."""
+    g = torch.Generator().manual_seed(5)
+    m, k = 12, 3
+    images = torch.rand(m, 2, 64, 64, dtype=torch.float64, generator=g).requires_grad_()
+    pose = poses(m * k, 2.0, g).requires_grad_()
+    got = image_to_object(images, pose, 32, min_scale=min_scale, per_image=k)
+    want = image_to_object(images.repeat_interleave(k, dim=0), pose, 32, min_scale=min_scale)
+    assert got.shape == (m * k, 2, 32, 32) and got.abs().max() > 0.1
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    upstream = torch.randn(got.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad(got, (images, pose), upstream), torch.autograd.grad(want, (images, pose), upstream)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="expected 12 \\* 2 = 24 poses for 12 images, got 36"):
+        image_to_object(images, pose, 32, min_scale=min_scale, per_image=2)

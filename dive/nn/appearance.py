@@ -19,7 +19,7 @@ is always zero, without parameters that never receive a gradient).
 from __future__ import annotations
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor, nn
 
 from .convnets import ObjectEncoder
@@ -55,9 +55,8 @@ class AppearanceInference(nn.Module):
     def object_features(self, frames: Tensor, pose: Tensor, presence: Tensor) -> Tensor:
         """frames (b t c h w), pose (b t k 3), presence (b t k) -> masked features (b t k a)."""
         B, T, K = presence.shape
-        images = repeat(frames, "b t c h w -> (b t k) c h w", k=K)
-        crops = image_to_object(images, rearrange(pose, "b t k p -> (b t k) p"), self.obj_size,
-                                min_scale=self.min_scale)
+        crops = image_to_object(rearrange(frames, "b t c h w -> (b t) c h w"), rearrange(pose, "b t k p -> (b t k) p"),
+                                self.obj_size, min_scale=self.min_scale, per_image=K)
         feats = rearrange(self.encoder(crops), "(b t k) a -> b t k a", b=B, t=T)
         return feats * presence.unsqueeze(-1)
 

@@ -202,21 +202,29 @@ def _place_window(objects: Tensor, pose: Tensor, out_size: int, count: int) -> t
     return window, flat
 
 
-def image_to_object(images: Tensor, pose: Tensor, obj_size: int, min_scale: float | None = None) -> Tensor:
-    """Crop (n c S S) canvases, S = obj_size, out of images (n c H W) at poses (n 3).
+def image_to_object(images: Tensor, pose: Tensor, obj_size: int, min_scale: float | None = None,
+                    per_image: int = 1) -> Tensor:
+    """Crop (n c S S) canvases, S = obj_size, out of images (m c H W) at poses (n 3), n = m * per_image.
 
     min_scale: a lower bound on every pose's s. A crop then reads at most
     (1 - 1/S) H / min_scale image pixels per axis, and only that window of
     each image is cut out (a gather) and interpolated: the same values, a
     fraction of the work.
+    per_image: crops per image; poses i * per_image .. (i + 1) * per_image - 1
+    crop image i (the k slots of a frame), without k copies of the frames.
     """
-    n, c, h_in, w_in = images.shape
+    m, c, h_in, w_in = images.shape
+    n = pose.shape[0]
+    if n != m * per_image:
+        raise ValueError(f"image_to_object: expected {m} * {per_image} = {m * per_image} poses for {m} images, got {n}")
     s, tx, ty = invert_pose(pose).unbind(-1)
     x_out = _pixel_centres(0, obj_size, obj_size, pose)
     pix_y, pix_x = _source_pixels(s, ty, x_out, h_in), _source_pixels(s, tx, x_out, w_in)
     count = None if min_scale is None else _window((1 - 1 / obj_size) * max(h_in, w_in) / min_scale,
                                                    min(h_in, w_in))
     if count is None:
+        if per_image > 1:
+            images = images.repeat_interleave(per_image, dim=0)
         return _separable(images, _interp_matrix(pix_y, h_in), _interp_matrix(pix_x, w_in))
 
     def first_pixel(pix: Tensor, in_size: int) -> Tensor:
@@ -227,7 +235,7 @@ def image_to_object(images: Tensor, pose: Tensor, obj_size: int, min_scale: floa
     y0, x0 = first_pixel(pix_y, h_in), first_pixel(pix_x, w_in)
     rows = y0[:, None] + torch.arange(count, device=pose.device)  # (n count)
     cols = x0[:, None] + torch.arange(count, device=pose.device)
-    item = torch.arange(n, device=pose.device)[:, None, None]
+    item = torch.div(torch.arange(n, device=pose.device), per_image, rounding_mode="floor")[:, None, None]
     window = rearrange(images[item, :, rows[:, :, None], cols[:, None, :]], "n h w c -> n c h w")
     return _separable(window, _interp_matrix(pix_y, h_in, y0, count), _interp_matrix(pix_x, w_in, x0, count))
 
