@@ -23,7 +23,8 @@ Some switches undo one optimisation each, to measure what it buys:
 
     fullstn     place and crop over the whole image (no min_scale window)
     convlinear  the encoders' last and the decoder's first layer as convs, not matmuls
-    stridedup   the decoder's last layer as oneDNN's strided transposed conv
+    nativeup    the decoder's transposed convs to few channels through torch's kernel (oneDNN),
+                not as forward convs (dive/nn/phase_conv.py)
     firstconv   the encoders' one-channel first layer as a plain strided conv (no space-to-depth)
     nativebn    torch's batch norm for the decoder's 8-channel layer
     slots       render every slot's image and sum them, as an eval pass does (no compose)
@@ -92,7 +93,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
     sys.path.insert(0, str(ROOT))
 
 SWITCHES = ("compile", "graphs", "amp", "nchw", "malloc", "data", "loader", "eval", "nobase",
-            "fullstn", "convlinear", "stridedup", "firstconv", "nativebn", "slots", "loopadam")
+            "fullstn", "convlinear", "nativeup", "firstconv", "nativebn", "slots", "loopadam")
 DEFAULT_MODES = "eager,nchw,amp,compile,compile+amp,data,compile+data,eval,compile+eval"
 GIB = 1024 ** 3
 
@@ -167,7 +168,7 @@ def undo_optimisations(model, switches: frozenset[str]) -> None:
             m.forward = types.MethodType(nn.Conv2d.forward, m)
         if "convlinear" in switches and isinstance(m, convnets._VectorToMap):
             m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)
-        if "stridedup" in switches and isinstance(m, convnets._UpsampleToImage):
+        if "nativeup" in switches and isinstance(m, convnets._FewChannelConvTranspose):
             m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)
         if "firstconv" in switches and isinstance(m, convnets._SpaceToDepthConv):
             m.forward = types.MethodType(nn.Conv2d.forward, m)

@@ -4,7 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from dive.nn.convnets import FrameEncoder, ObjectDecoder, ObjectEncoder, _FewChannelBatchNorm, _SpaceToDepthConv
+from dive.nn.phase_conv import conv_transpose4x4_stride2
+
+from dive.nn.convnets import (
+    FrameEncoder,
+    ObjectDecoder,
+    ObjectEncoder,
+    _FewChannelBatchNorm,
+    _FewChannelConvTranspose,
+    _SpaceToDepthConv,
+)
 
 
 @pytest.mark.parametrize("size", [64, 32, 8])
@@ -20,6 +29,40 @@ def test_space_to_depth_conv_is_the_strided_conv(size, input_grad):
     wrt = (x, conv.weight) if input_grad else (conv.weight,)
     for a, b in zip(torch.autograd.grad(fast, wrt, upstream), torch.autograd.grad(plain, wrt, upstream)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [(8, 1), (5, 3)])
+@pytest.mark.parametrize("size", [16, 4, 1])
+def test_transposed_conv_through_forward_convs_is_the_transposed_conv(channels, size):
+    torch.manual_seed(2)
+    c_in, c_out = channels
+    up = _FewChannelConvTranspose(c_in, c_out, 4, 2, 1, bias=False).double().to(memory_format=torch.channels_last)
+    x = torch.randn(5, c_in, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    fast, plain = up(x), nn.ConvTranspose2d.forward(up, x)
+    assert fast.shape == (5, c_out, 2 * size, 2 * size) and fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, plain, atol=1e-12, rtol=0)
+    upstream = torch.randn_like(plain)
+    want = torch.autograd.grad(plain, (x, up.weight), upstream)
+    for a, b in zip(torch.autograd.grad(fast, (x, up.weight), upstream), want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    # only the weight gradient, as for a first layer
+    (grad_w,) = torch.autograd.grad(conv_transpose4x4_stride2(x.detach(), up.weight), up.weight, upstream)
+    torch.testing.assert_close(grad_w, want[1], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_transposed_conv_under_autocast(input_dtype):
+    torch.manual_seed(3)
+    up = _FewChannelConvTranspose(16, 8, 4, 2, 1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 16, 8, 8).to(input_dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = up(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), nn.ConvTranspose2d.forward(up, x.detach().float()), atol=0.05, rtol=0.02)
+    y.float().square().sum().backward()
+    assert x.grad.dtype == input_dtype and up.weight.grad.dtype == torch.float32
+    assert torch.isfinite(x.grad.float()).all() and up.weight.grad.abs().sum() > 0
 
 
 def _batch_norms(channels: int, dtype=torch.float64):
@@ -82,3 +125,6 @@ def test_the_stacks_use_the_fast_layers_where_they_were_measured():
     few = [m.num_features for m in dec.modules() if isinstance(m, _FewChannelBatchNorm)]
     plain = [m.num_features for m in dec.modules() if type(m) is nn.BatchNorm2d]
     assert few == [8] and sorted(plain) == [16, 32]
+    few_up = [m.out_channels for m in dec.modules() if isinstance(m, _FewChannelConvTranspose)]
+    plain_up = [m.out_channels for m in dec.modules() if type(m) is nn.ConvTranspose2d]
+    assert few_up == [8, 1] and plain_up == [16]

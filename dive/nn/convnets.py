@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .init import dcgan_init_
+from .phase_conv import conv_transpose4x4_stride2
 
 
 def num_halvings(size: int) -> int:
@@ -165,26 +166,22 @@ class _BatchNormChannelsLast(torch.autograd.Function):
         return grad_x, sum_grad_x_hat.to(weight.dtype), sum_grad.to(weight.dtype), None
 
 
-class _UpsampleToImage(nn.ConvTranspose2d):
-    """The decoder's last layer (4x4, stride 2, padding 1), computed as a stride-1 transposed conv and a pixel shuffle.
+class _FewChannelConvTranspose(nn.ConvTranspose2d):
+    """A 4x4 stride-2 transposed conv (padding 1) to few channels, run as forward convs on CPU (dive/nn/phase_conv.py).
 
-    Output pixel 2i - 1 + k receives input pixel i through kernel tap k, so
-    the taps split by parity into a 2x2 kernel per output phase: a stride-1
-    transposed conv with 4x the output channels, one per phase (p, q),
-    interleaved by `pixel_shuffle`; cropping one pixel per side is the
-    padding. Same parameter, same values. Used when the output has a single
-    channel: oneDNN's strided kernel for that shape took 31 ms forward at
-    batch 64 on the 2-core benchmark machine, this form 13 ms (forward +
-    backward 39 -> 26 ms); with 3 channels the strided kernel is faster.
+    Forward + backward at batch 64 on a 2-core AMD EPYC: the decoder's
+    16 -> 8 layer 31 -> 22 ms, its 8 -> 1 layer 38 -> 19 ms (36 ms as the
+    stride-1 transposed conv of the phases used before). To 16 channels
+    oneDNN's kernel is faster (15 vs 18 ms). Same parameter, same values.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (n c h w) -> (n c_out 2h 2w)."""
-        phases = rearrange(self.weight, "c_in c_out (ky p) (kx q) -> c_in (c_out p q) ky kx", p=2, q=2)
-        return F.pixel_shuffle(F.conv_transpose2d(x, phases), 2)[..., 1:-1, 1:-1]
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return conv_transpose4x4_stride2(x, self.weight)
 
 
-_FEW_CHANNELS = 16  # below this many channels, batch norm goes through _FewChannelBatchNorm
+_FEW_CHANNELS = 16  # below this many channels: _FewChannelBatchNorm, _FewChannelConvTranspose
 
 
 def _conv_stack(channels: int, size: int, out_dim: int, width: int) -> nn.Sequential:
@@ -244,7 +241,7 @@ class ObjectDecoder(nn.Module):
         for i in range(n):
             last = i == n - 1
             c_out = channels if last else c_in // 2
-            upsample = _UpsampleToImage if last and c_out == 1 else nn.ConvTranspose2d
+            upsample = _FewChannelConvTranspose if c_out < _FEW_CHANNELS else nn.ConvTranspose2d
             layers.append(upsample(c_in, c_out, 4, 2, 1, bias=False))
             if not last:
                 norm = _FewChannelBatchNorm if c_out < _FEW_CHANNELS else nn.BatchNorm2d
