@@ -173,10 +173,12 @@ class _FewChannelConvTranspose(nn.ConvTranspose2d):
     16 -> 8 layer 31 -> 22 ms, its 8 -> 1 layer 38 -> 19 ms (36 ms as the
     stride-1 transposed conv of the phases used before). To 16 channels
     oneDNN's kernel is faster (15 vs 18 ms). Same parameter, same values.
+    Other devices and `torch.compile` use torch's kernel.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu":
+        # Compiled, it was slower and took more memory than inductor's graph around torch's kernel.
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)
         return conv_transpose4x4_stride2(x, self.weight)
 
