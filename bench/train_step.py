@@ -356,11 +356,13 @@ def send(obj: dict) -> None:
 
 
 class Proc:
-    def __init__(self, spec: dict):
+    """A worker process for `spec`: this file's, or that of the checkout at `root` (bench/ab.py)."""
+
+    def __init__(self, spec: dict, root: Path = ROOT):
         self.spec = spec
         env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-        self.p = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT, env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen([sys.executable, str(root / "bench" / "train_step.py"), "--worker", json.dumps(spec)],
+                                  cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.times: list[float] = []
 
     def receive(self) -> dict:

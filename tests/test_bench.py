@@ -26,6 +26,20 @@ def test_train_step_bench_json():
         assert isinstance(row[key], (int, float)) and row[key] > 0, key
 
 
+def test_ab_times_two_checkouts_against_each_other():
+    cmd = [sys.executable, "bench/ab.py", "one=.", "two=.", "--json", "--config", "configs/smoke.toml", "--batch", "2",
+           "--rounds", "2", "--warmup", "0", "--modes", "eager", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["label"], r["mode"], r["batch"]) for r in rows] == [("one", "eager", 2), ("two", "eager", 2)]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and all(r["median_s"] > 0 and r["peak_gib"] > 0 for r in rows)
+    bad = subprocess.run([sys.executable, "bench/ab.py", "one=.", "two=/nonexistent"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "no bench/train_step.py under /nonexistent" in bad.stderr
+
+
 def test_learning_curve_scores_every_snapshot(tmp_path: Path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
