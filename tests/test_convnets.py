@@ -4,8 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from dive.nn.phase_conv import conv_transpose4x4_stride2
-
 from dive.nn.convnets import (
     FrameEncoder,
     ObjectDecoder,
@@ -14,6 +12,7 @@ from dive.nn.convnets import (
     _FewChannelConvTranspose,
     _SpaceToDepthConv,
 )
+from dive.nn.phase_conv import conv_transpose4x4_stride2
 
 
 @pytest.mark.parametrize("size", [64, 32, 8])
@@ -33,14 +32,18 @@ def test_space_to_depth_conv_is_the_strided_conv(size, input_grad):
 
 @pytest.mark.parametrize("channels", [(8, 1), (5, 3)])
 @pytest.mark.parametrize("size", [16, 4, 1])
-def test_transposed_conv_through_forward_convs_is_the_transposed_conv(channels, size):
+@pytest.mark.parametrize("compiling", [False, True])
+def test_transposed_conv_through_forward_convs_is_the_transposed_conv(channels, size, compiling, monkeypatch):
+    # compiling: the form the layer takes inside torch.compile (and, to one channel, on other devices)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
     torch.manual_seed(2)
     c_in, c_out = channels
     up = _FewChannelConvTranspose(c_in, c_out, 4, 2, 1, bias=False).double().to(memory_format=torch.channels_last)
     x = torch.randn(5, c_in, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     fast, plain = up(x), nn.ConvTranspose2d.forward(up, x)
-    assert fast.shape == (5, c_out, 2 * size, 2 * size) and fast.is_contiguous(memory_format=torch.channels_last)
+    assert fast.shape == (5, c_out, 2 * size, 2 * size)
+    assert compiling or fast.is_contiguous(memory_format=torch.channels_last)  # the autograd function's output
     torch.testing.assert_close(fast, plain, atol=1e-12, rtol=0)
     upstream = torch.randn_like(plain)
     want = torch.autograd.grad(plain, (x, up.weight), upstream)

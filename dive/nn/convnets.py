@@ -175,7 +175,8 @@ class _FewChannelConvTranspose(nn.ConvTranspose2d):
     oneDNN's kernel is faster (15 vs 18 ms). Same parameter, same values.
     Compiled (`--compile --amp`), the autograd function made the step 2 %
     slower and took 0.16-0.19 GiB more memory than inductor's graph around
-    torch's kernels: there, and on other devices, the layer runs those.
+    torch's kernels: there, and on other devices, the layer runs torch's
+    transposed conv (to one channel in the stride-1 phase form it ran before).
     """
 
     def forward(self, x: Tensor) -> Tensor:
