@@ -23,9 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from train_step import Proc  # bench/ is the script's directory, first on sys.path
-
-GIB = 2**30
+from train_step import GIB, Proc  # bench/ is the script's directory, first on sys.path
 
 
 def worker(label: str, root: Path, mode: str, batch: int, warmup: int, threads: int, config: str) -> Proc:
@@ -62,6 +60,9 @@ def main(argv=None) -> None:
     checkouts = [parse_checkout(c) for c in args.checkouts]
     if len(checkouts) < 2:
         raise SystemExit("give at least two checkouts")
+    labels = [label for label, _ in checkouts]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"labels must differ, got {', '.join(labels)}")
     modes = [m for m in args.modes.split(",") if m]
     batches = [int(b) for b in args.batch.split(",") if b]
 
@@ -76,6 +77,7 @@ def main(argv=None) -> None:
         for w in workers[r % len(workers):] + workers[:r % len(workers)]:
             w.times += w.ask("run 1")["times"]
     throwaway.ask("quit")
+    throwaway.p.wait()
 
     rows = []
     for w in workers:

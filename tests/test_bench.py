@@ -38,6 +38,9 @@ def test_ab_times_two_checkouts_against_each_other():
     bad = subprocess.run([sys.executable, "bench/ab.py", "one=.", "two=/nonexistent"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode != 0 and "no bench/train_step.py under /nonexistent" in bad.stderr
+    same = subprocess.run([sys.executable, "bench/ab.py", "one=.", "one=."], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert same.returncode != 0 and "labels must differ" in same.stderr
 
 
 def test_learning_curve_scores_every_snapshot(tmp_path: Path):
