@@ -85,3 +85,34 @@ def test_curve_table_states_each_runs_split():
     text = table({}, {"a": {"minutes": 2.6, "step": 500, "tracking_input_px": 1.6}, "b": None})
     assert "- a: split (first validation below 4 px) after 2.6 minutes, step 500 (1.6 px)" in text
     assert "- b: no validation below 4 px yet" in text
+
+
+def test_conv_layers_times_every_conv_of_the_model():
+    cmd = [sys.executable, "bench/conv_layers.py", "--json", "--config", "configs/smoke.toml", "--batch", "2",
+           "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["variants"] == ["onednn", "nchw", "native", "bf16math", "autocast"]
+    assert report["bf16math_applied"] in (True, False, None)
+    [res] = report["results"]
+
+    import torch
+
+    from dive import config as config_mod
+    from dive.engine import build_model
+
+    model = build_model(config_mod.load(ROOT / "configs" / "smoke.toml"))
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))}
+    assert sorted(row["layer"] for row in res["layers"]) == sorted(convs)  # every conv, each once
+    for row in res["layers"]:
+        n, c, h, w = row["input_shape"]
+        assert c == convs[row["layer"]].in_channels and n % 2 == 0 and h == w
+        assert all(row["ms"][v] > 0 for v in report["variants"]), row
+    assert not res["layers"][0]["input_grad"]  # the frame encoder's first layer reads the data
+    for v in report["variants"]:
+        assert abs(res["total_ms"][v] - sum(row["ms"][v] for row in res["layers"])) < 1e-9
+    bad = subprocess.run([sys.executable, "bench/conv_layers.py", "--variants", "onednn,cudnn"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown variant(s) ['cudnn']" in bad.stderr
