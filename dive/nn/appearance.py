@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .convnets import ObjectEncoder
 from .init import dcgan_init_
+from .lstm import LSTM
 from .pose import positive_scale
 from .stn import image_to_object
 
@@ -43,10 +44,10 @@ class AppearanceInference(nn.Module):
         static_dim = 2 * app_dim
 
         self.encoder = ObjectEncoder(channels, obj_size, app_dim, conv_width)
-        self.slot_rnn = nn.LSTM(app_dim + hidden, hidden, num_layers=2, batch_first=True)
+        self.slot_rnn = LSTM(app_dim + hidden, hidden, num_layers=2, batch_first=True)
         self.static_head = nn.Linear(hidden, static_dim)
         if use_dynamic:
-            self.predictor = nn.LSTM(hidden, hidden, num_layers=2, batch_first=True)
+            self.predictor = LSTM(hidden, hidden, num_layers=2, batch_first=True)
             self.dyn_init = _mlp(app_dim + static_dim, hidden, dyn_dim)
             self.dyn_change = _mlp(hidden + static_dim, hidden, dyn_dim)
         self.z_head = nn.Linear((dyn_dim if use_dynamic else 0) + static_dim, 2 * app_dim)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..distributions import hard_decision, relaxed_bernoulli_rsample
 from .init import dcgan_init_
+from .lstm import LSTM
 
 POSE_DIM = 3  # (s, tx, ty)
 MIN_SCALE = 1e-4  # added to every softplus scale so that log(sigma) stays finite
@@ -70,11 +71,11 @@ class PoseInference(nn.Module):
         self.hidden, self.n_slots, self.t_out = hidden, n_slots, t_out
         self.use_imputation, self.straight_through = use_imputation, straight_through
 
-        self.enc_fwd = nn.LSTM(feat_dim + hidden, hidden, batch_first=True)
-        self.enc_bwd = nn.LSTM(feat_dim + hidden, hidden, batch_first=True)
+        self.enc_fwd = LSTM(feat_dim + hidden, hidden, batch_first=True)
+        self.enc_bwd = LSTM(feat_dim + hidden, hidden, batch_first=True)
         self.enc_out = nn.Linear(2 * hidden, hidden)
 
-        self.presence_rnn = nn.LSTM(hidden, hidden, batch_first=True)
+        self.presence_rnn = LSTM(hidden, hidden, batch_first=True)
         self.presence_head = nn.Linear(hidden, 1)
 
         # With imputation the LSTM also reads the presence weight it mixed with.
@@ -85,7 +86,7 @@ class PoseInference(nn.Module):
         self.beta_mu = nn.Linear(hidden, POSE_DIM)
         self.beta_sigma = nn.Linear(hidden, POSE_DIM)
 
-        self.init_rnn = nn.LSTM(hidden, hidden, batch_first=True)
+        self.init_rnn = LSTM(hidden, hidden, batch_first=True)
         self.init_mu = nn.Linear(hidden, POSE_DIM)
         self.init_sigma = nn.Linear(hidden, POSE_DIM)
 
