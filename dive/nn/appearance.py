@@ -30,7 +30,8 @@ from .stn import image_to_object
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.LeakyReLU(0.2), nn.Linear(d_hidden, d_out))
+    # torch's default slope (0.01), as the original's dynamic-appearance MLPs (the conv stacks use 0.2)
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.LeakyReLU(), nn.Linear(d_hidden, d_out))
 
 
 class AppearanceInference(nn.Module):
