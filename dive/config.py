@@ -100,7 +100,11 @@ class ModelConfig:
     hidden: int = 64
     dyn_dim: int = 48  # dynamic-appearance size
     conv_width: int = 8  # base width of the DCGAN conv stacks
-    scale_prior: float = 3.0  # s is clamped to [scale_prior - 1, scale_prior + 1]
+    scale_prior: float = 3.0  # s is clamped to [scale_prior + scale_range[0], scale_prior + scale_range[1]]
+    scale_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # the original's pedestrians: [-1, 2.5]
+    # > 0: tanh of the raw translation is clamped to +-(1 - margin) before it is scaled (the original's
+    # pedestrians: 1/8, dive/nn/stn.py constrain_pose). 0: no clamp, as for Moving MNIST.
+    position_margin: float = 0.0
     use_imputation: bool = True
     use_dynamic_appearance: bool = True
     straight_through: bool = False  # hard 0/1 presence in the forward pass, relaxed gradient
@@ -419,7 +423,15 @@ def validate(cfg: Config) -> Config:
         _require(m.pose_inference == "track" and d.dataset == "moving_mnist" and d.num_digits == m.n_slots,
                  "model.diagnostic_true_positions", True,
                  "only with model.pose_inference = \"track\" on Moving MNIST with data.num_digits = model.n_slots")
-    _require(m.scale_prior > 1, "model.scale_prior", m.scale_prior, "> 1 (s is clamped to prior +- 1)")
+    _require(len(m.scale_range) == 2 and m.scale_range[0] < m.scale_range[1], "model.scale_range", m.scale_range,
+             "two numbers lo < hi (offsets of the clamp of s from model.scale_prior)")
+    _require(m.scale_prior + m.scale_range[0] > 0, "model.scale_prior", m.scale_prior,
+             f"> -scale_range[0] = {-m.scale_range[0]:g} (the smallest scale s must be positive)")
+    _require(0 <= m.position_margin < 1, "model.position_margin", m.position_margin, "in [0, 1)")
+    if m.pose_inference == "track":
+        _require(m.scale_range == [-1.0, 1.0] and m.position_margin == 0, "model.pose_inference", m.pose_inference,
+                 "the tracking pose inference assumes the Moving MNIST constraint "
+                 "(model.scale_range = [-1.0, 1.0], model.position_margin = 0)")
     _require(0 <= m.slot_spread <= 3, "model.slot_spread", m.slot_spread, "in [0, 3]")
     for key in ("pose_std_init", "app_std_init"):
         value = getattr(m, key)

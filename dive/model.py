@@ -86,10 +86,11 @@ class DIVE(nn.Module):
         self.image_size, self.channels = d.image_size, d.channels
         self.t_in, self.t_out = d.t_in, d.t_out
         self.n_slots, self.app_dim, self.scale_prior = m.n_slots, m.app_dim, m.scale_prior
+        self.scale_range, self.position_margin = tuple(m.scale_range), m.position_margin
         self.obj_size = d.image_size // 2
-        # constrain_pose keeps s >= scale_prior - 1, which bounds how much of a frame an object can touch:
-        # placing and cropping then work on that window only (dive/nn/stn.py)
-        self.min_scale = m.scale_prior - 1.0 if m.scale_prior > 1.0 else None
+        # constrain_pose keeps s >= scale_prior + scale_range[0], which bounds how much of a frame an
+        # object can touch: placing and cropping then work on that window only (dive/nn/stn.py)
+        self.min_scale = m.scale_prior + m.scale_range[0] if m.scale_prior + m.scale_range[0] > 0 else None
 
         self.frame_encoder = FrameEncoder(d.channels, d.image_size, m.feat_dim, m.conv_width)
         if m.pose_inference == "track":
@@ -207,7 +208,7 @@ class DIVE(nn.Module):
             beta, init = post.beta_mu, post.init_mu
         # In float32 even under autocast: bf16 would quantise positions to a fraction of a pixel.
         raw_pose = _at_least_float32(init).unsqueeze(1) + _at_least_float32(beta).cumsum(dim=1)
-        pose = constrain_pose(raw_pose, self.scale_prior)  # (b T k 3)
+        pose = constrain_pose(raw_pose, self.scale_prior, self.scale_range, self.position_margin)  # (b T k 3)
 
         dyn_keep = (noise["app_drop"] >= gamma_app).to(input.dtype) if train else 1.0
         app_mu, app_sigma = self.appearance(input, pose[:, :T_in], post.presence, dyn_keep)

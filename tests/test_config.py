@@ -198,6 +198,10 @@ def test_optional_keys_accept_values_and_fall_back_to_scenario():
     ("model.app_std_init=0.0001", "model.app_std_init"),
     ("model.pose_inference=glimpse", "model.pose_inference"),
     ("model.diagnostic_true_positions=true", "model.diagnostic_true_positions"),  # needs pose_inference = track
+    ("model.scale_range=[1.0, -1.0]", "model.scale_range"),
+    ("model.scale_range=[-1.0]", "model.scale_range"),
+    ("model.scale_range=[-3.5, 1.0]", "model.scale_prior"),  # the smallest scale would be negative
+    ("model.position_margin=1.0", "model.position_margin"),
 ])
 def test_out_of_range_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
@@ -412,3 +416,9 @@ def test_valid_key_valid_type_is_applied(section, data):
     value = data.draw(strategies[annotation])
     cfg = from_dict({section: {key: value}})
     assert getattr(getattr(cfg, section), key) == value
+
+
+def test_tracking_refuses_another_pose_constraint():
+    with pytest.raises(ConfigError, match="tracking pose inference assumes"):
+        load(overrides=["model.pose_inference=track", "model.position_margin=0.125"])
+    load(overrides=["model.pose_inference=track"])

@@ -112,3 +112,16 @@ def test_constrain_pose_ranges():
     torch.testing.assert_close(pose[0, 1:], torch.tensor([3.5, -3.5]))  # |t| <= s - 0.5
     torch.testing.assert_close(pose[1, 1:], torch.tanh(torch.tensor([0.0, 0.3])) * 1.5)
     assert (pose[:, 1:].abs() <= pose[:, :1] - 0.5 + 1e-6).all()
+
+
+def test_constrain_pose_pedestrian_range_and_margin():
+    # the original's pedestrian constraint: s in [prior - 1, prior + 2.5], tanh clamped to +-(1 - 1/8)
+    raw = torch.tensor([[10.0, 100.0, -100.0], [-10.0, 0.0, 0.3], [4.0, 0.1, -0.2]], requires_grad=True)
+    pose = constrain_pose(raw, 3.5, scale_range=(-1.0, 2.5), position_margin=0.125)
+    assert pose[0, 0] == 6.0 and pose[1, 0] == 2.5 and pose[2, 0] == 4.0
+    torch.testing.assert_close(pose[0, 1:], torch.tensor([0.875, -0.875]) * 5.5)
+    torch.testing.assert_close(pose[2, 1:], torch.tanh(torch.tensor([0.1, -0.2])) * 3.5)
+    pose[:, 1:].sum().backward()
+    assert (raw.grad[0, 1:] == 0).all() and (raw.grad[2, 1:] != 0).all()  # the clamp passes no gradient
+    # no margin and the default range: exactly the Moving MNIST constraint
+    torch.testing.assert_close(constrain_pose(raw, 3.0, (-1.0, 1.0), 0.0), constrain_pose(raw, 3.0))

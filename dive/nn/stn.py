@@ -48,11 +48,19 @@ from torch import Tensor
 _S_MARGIN = 0.5  # translations keep the object centre at least this far (in object units) inside
 
 
-def constrain_pose(raw: Tensor, scale_prior: float) -> Tensor:
-    """Raw pose (... 3) -> pose (... 3): s clamped to [prior - 1, prior + 1], t = tanh(raw_t) * (s - 0.5)."""
-    s = raw[..., :1].clamp(scale_prior - 1.0, scale_prior + 1.0)
-    t = torch.tanh(raw[..., 1:]) * (s - _S_MARGIN)
-    return torch.cat([s, t], dim=-1)
+def constrain_pose(raw: Tensor, scale_prior: float, scale_range: tuple[float, float] = (-1.0, 1.0),
+                   position_margin: float = 0.0) -> Tensor:
+    """Raw pose (... 3) -> pose (... 3): s clamped to [prior + lo, prior + hi], t = tanh(raw_t) * (s - 0.5).
+
+    (lo, hi) = `scale_range`, (-1, 1) for Moving MNIST. With `position_margin` > 0, tanh(raw_t) is
+    clamped to [-1 + margin, 1 - margin] first (the original's pedestrian setting: range (-1, 2.5),
+    margin 1/8), which keeps a slot's box that much further inside the frame.
+    """
+    s = raw[..., :1].clamp(scale_prior + scale_range[0], scale_prior + scale_range[1])
+    direction = torch.tanh(raw[..., 1:])
+    if position_margin > 0:
+        direction = direction.clamp(-1.0 + position_margin, 1.0 - position_margin)
+    return torch.cat([s, direction * (s - _S_MARGIN)], dim=-1)
 
 
 def invert_pose(pose: Tensor) -> Tensor:
