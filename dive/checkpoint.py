@@ -42,8 +42,8 @@ from . import __version__
 from .config import Config, ConfigError, architecture_diff, from_dict, validate
 from .errors import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "config_of", "load", "load_model_state", "remove_partial",
-           "rng_state", "save", "set_rng_state"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "config_of", "load", "load_model_state", "read_tensors",
+           "remove_partial", "rng_state", "save", "set_rng_state"]
 
 CHECKPOINT_FORMAT = 1
 _REQUIRED = ("format_version", "step", "config", "model")
@@ -143,6 +143,18 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     raises CheckpointError naming the file and the problem.
     """
     path = Path(path)
+    state = read_tensors(path, map_location)
+    _check_layout(path, state)
+    return state
+
+
+def read_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """What a torch.save file holds, unpickling only tensors and plain containers (``weights_only=True``).
+
+    Anything else (a pickled object that could run code), a corrupt, truncated or empty file raises
+    CheckpointError naming the file and the problem; nothing in a refused file is run.
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     _check_container(path)
@@ -168,7 +180,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from None
     except Exception as e:  # torch.load raises many kinds on damaged files; none should escape as a traceback
         raise CheckpointError(f"{path} is truncated, corrupt or not a checkpoint: {_first_line(e)}") from None
-    _check_layout(path, state)
     return state
 
 
