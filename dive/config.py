@@ -176,6 +176,9 @@ class TrainConfig:
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     grad_clip: float = 0.0  # 0 = off
+    # Adam's eps for the loss the optimiser steps on, -ELBO / (B T C H W). 0: the original's steps, whose
+    # Adam (eps 1e-8) stepped on the unscaled -ELBO, i.e. eps = 1e-8 / (B T C H W) here (dive/engine.py).
+    adam_eps: float = 0.0
     seed: int = 0
     num_workers: int = 0
     log_every: int = 50
@@ -470,6 +473,7 @@ def validate(cfg: Config) -> Config:
     _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas,
              "two numbers in [0, 1)")
     _require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 = off)")
+    _require(t.adam_eps >= 0, "train.adam_eps", t.adam_eps, ">= 0 (0 = the original's, 1e-8 on the unscaled loss)")
     _require(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0")
     for key in ("log_every", "image_every", "eval_every", "eval_size", "ckpt_every", "max_nonfinite"):
         _require(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "at least 1")

@@ -7,7 +7,7 @@ import torch
 from dive import config, schedules
 from dive.data import MovingMNIST
 from dive.elbo import elbo
-from dive.engine import build_model, build_optimizer, step_generator
+from dive.engine import adam_eps, build_model, build_optimizer, step_generator
 
 
 def _errors(model, batch) -> tuple[float, float]:
@@ -50,7 +50,8 @@ def test_the_fused_optimiser_takes_the_default_adam_steps():
         model = build_model(cfg)
         opt = build_optimizer(model, cfg)
         if not fused:
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                                   eps=adam_eps(cfg))
         assert opt.defaults["fused"] is (True if fused else None)
         for step in range(3):
             noise = model.sample_noise(2, "cpu", generator=step_generator(0, step, 0, torch.device("cpu")))
@@ -62,3 +63,31 @@ def test_the_fused_optimiser_takes_the_default_adam_steps():
     moved = (params[True] - torch.cat([p.detach().flatten() for p in build_model(cfg).parameters()])).abs().max()
     assert moved > 1e-3  # the steps did something
     torch.testing.assert_close(params[True], params[False], atol=1e-6, rtol=1e-5)
+
+
+def test_adam_eps_gives_the_steps_of_the_unscaled_loss():
+    # The original stepped Adam (eps 1e-8) on the unscaled -ELBO; this code steps on -ELBO / N with eps 1e-8 / N
+    # (train.adam_eps = 0): the same parameters after three steps. With eps 1e-8 on the scaled loss they differ.
+    cfg = config.load("configs/smoke.toml", [])
+    batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(cfg.train.batch_size)))
+    assert adam_eps(cfg) == 1e-8 / (cfg.train.batch_size * (cfg.data.t_in + cfg.data.t_out) * 64 * 64)
+    params = {}
+    for mode in ("scaled", "unscaled", "scaled, eps 1e-8"):
+        torch.manual_seed(0)
+        model = build_model(cfg).double()
+        if mode == "unscaled":
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=1e-8)
+        else:
+            opt = build_optimizer(model, config.load("configs/smoke.toml", ["train.adam_eps=1e-8"]) if "eps" in mode
+                                  else cfg)
+        for step in range(3):
+            noise = {k: v.double() for k, v in model.sample_noise(
+                cfg.train.batch_size, "cpu", generator=step_generator(0, step, 0, torch.device("cpu"))).items()}
+            out = model(batch["input"].double(), temperature=0.5, noise=noise, render_slots=False)
+            e = elbo(out, {k: v.double() for k, v in batch.items()}, cfg.loss)
+            opt.zero_grad()
+            (e.loss * e.n_elements if mode == "unscaled" else e.loss).backward()
+            opt.step()
+        params[mode] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(params["scaled"], params["unscaled"], rtol=1e-9, atol=1e-9)
+    assert (params["scaled, eps 1e-8"] - params["unscaled"]).abs().max() > 1e-4
