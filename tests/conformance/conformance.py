@@ -75,6 +75,7 @@ from dive.convert_original import from_original, to_original  # noqa: E402
 from dive.data import MovingMNIST  # noqa: E402
 from dive.distributions import gaussian_log_prob, relaxed_bernoulli_logit_log_prob, relaxed_bernoulli_rsample_logit  # noqa: E402
 from dive.elbo import elbo  # noqa: E402
+from dive.engine import build_optimizer  # noqa: E402
 from dive.model import DIVE  # noqa: E402
 
 COMMIT = "9db175b2c5b6743f559cc3ddacc6d0e74c8fb9ce"
@@ -86,7 +87,7 @@ SAVED = HERE / "original_s3_checkpoint"  # the original's own save() of the s3 s
 REPORT = HERE / "report.md"
 
 SMALL = ["data.t_in=7", "data.t_out=2", "model.feat_dim=16", "model.app_dim=8", "model.hidden=8",
-         "model.dyn_dim=4", "model.conv_width=2"]
+         "model.dyn_dim=4", "model.conv_width=2", "train.batch_size=2"]
 
 
 @dataclass
@@ -199,8 +200,10 @@ def make_noise(model: DIVE, s: Setting) -> dict[str, torch.Tensor]:
     return {k: v.double() for k, v in noise.items()}
 
 
-def ours(model: DIVE, state, cfg, s: Setting, batch, noise, mlp_slope: float | None = None) -> dict[str, np.ndarray]:
-    """Every compared number of this code: eval pass, training pass, sites, ELBO, gradients (times B T C H W)."""
+def ours(model: DIVE, state, cfg, s: Setting, batch, noise, mlp_slope: float | None = None,
+         eps: float | None = None) -> dict[str, np.ndarray]:
+    """Every compared number of this code: eval pass, training pass, sites, ELBO, gradients (times B T C H W),
+    and the change of every parameter in one optimiser step. `mlp_slope`, `eps`: undo a fix (FIXES)."""
     res: dict[str, np.ndarray] = {}
     if mlp_slope is not None:  # undoing a fix (FIXES)
         for m in model.modules():
@@ -228,6 +231,13 @@ def ours(model: DIVE, state, cfg, s: Setting, batch, noise, mlp_slope: float | N
     for name, p in model.named_parameters():
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         res[f"grad/{name}"] = (g * e.n_elements).numpy()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model, cfg)
+    if eps is not None:
+        opt.param_groups[0]["eps"] = eps
+    opt.step()
+    for name, p in model.named_parameters():
+        res[f"step/{name}"] = (p.detach() - before[name]).numpy()
 
     # log q and log p of every sample site at the shared sample
     t_in, loss_cfg = cfg.data.t_in, cfg.loss
@@ -566,6 +576,9 @@ class OriginalRun:
                 stack.enter_context(patched(mods.DiveModel.DiveModel, "copy_appearance", copy_appearance))
             yield
 
+    def values(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {n: {k: v.detach().clone() for k, v in self.net(n).state_dict().items()} for n in self.model.nets}
+
     def eps(self, name, shape):
         n = self.noise
         if name == "input_beta":
@@ -667,8 +680,20 @@ class OriginalRun:
             res["elbo"] = (-loss).double().detach().numpy()
             grads = {n: {k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in group.items()}
                      for n, group in params.items()}
-            for name, g in from_original(grads, self.cfg, gradients=True).items():
+            grads_ours = from_original(grads, self.cfg, gradients=True)
+            for name, g in grads_ours.items():
                 res[f"grad/{name}"] = g.numpy()
+
+            # one step of the original's optimiser (DiveModel.setup_training: Adam on the unscaled loss)
+            if "ddpae_bias_column" in self.edits and not self.cfg.model.use_imputation:
+                params["pose_model"]["sequence_rnn.weight_ih_l0"].grad[:, -1] = 0
+            with contextlib.redirect_stdout(None):
+                self.model.setup_training()
+            before = from_original(self.values(), self.cfg)
+            self.model.optimizer.step()
+            for name, value in from_original(self.values(), self.cfg).items():
+                if name in grads_ours:
+                    res[f"step/{name}"] = (value - before[name]).numpy()
         return res
 
 
@@ -781,6 +806,9 @@ EDITS = {
                            "hidden rows of zeroed renderings against zeroed frames (a constant: same gradient)",
     "ddpae_presence": "DDPAE ablation: the presence still weights the appearance features and masks the input "
                       "rendering (the original uses ones there)",
+    "ddpae_bias_column": "DDPAE ablation: the original's imputation LSTM reads a constant 1 through a weight column "
+                         "that the optimiser moves beside the LSTM's input bias (together twice the bias's step); "
+                         "here the bias alone: the edit zeroes that column's gradient before the original's step",
 }
 
 # Fixes made here to match the original; each is undone on this code's side to show that it matters.
@@ -790,6 +818,8 @@ FIXES = {
     "pedestrian_constraint": "pedestrians: s in [prior - 1, prior + 2.5] and the translation's tanh clamped to "
                              "+-(1 - 1/8), as the original's constrain_pose_pedestrian; this code had one "
                              "constraint for every dataset",
+    "adam_eps": "Adam's eps 1e-8 / (B T C H W) on the loss per element, the original's steps (eps 1e-8 on the "
+                "unscaled loss); this code had 1e-8 on the loss per element",
 }
 
 
@@ -797,8 +827,8 @@ FIXES = {
 
 
 def family(key: str) -> str:
-    if key.startswith("grad/"):
-        return "grad"
+    if key.startswith(("grad/", "step/")):
+        return key.split("/", 1)[0]
     if key.startswith("site/"):
         return key.rsplit("/", 1)[0]
     return key
@@ -892,6 +922,7 @@ def main(argv=None) -> int:
         # undo each fix on this code's side
         fixes["leaky_relu_slope"][name] = worst(compare(ours(make_model(cfg), state, cfg, s, batch, noise,
                                                              mlp_slope=0.2), ref))
+        fixes["adam_eps"][name] = worst(compare(ours(make_model(cfg), state, cfg, s, batch, noise, eps=1e-8), ref))
         if name == "pedestrian":
             old = config_mod.load(ROOT / "configs" / s.config, s.overrides + ["model.scale_range=[-1.0, 1.0]",
                                                                               "model.position_margin=0.0"])
