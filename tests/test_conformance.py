@@ -196,3 +196,19 @@ def test_command_line_both_ways_and_evaluate(tmp_path, store):
     bad = subprocess.run(run + [str(tmp_path / "nowhere"), "--config", str(toml), "--out", str(ckpt)],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "not a folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_script_says_what_is_wrong_with_the_checkout(tmp_path):
+    script = [sys.executable, str(HERE / "conformance" / "conformance.py"), "--original"]
+    missing = subprocess.run(script + [str(tmp_path / "DIVE")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr and conformance.COMMIT in missing.stderr
+    other = tmp_path / "other"
+    (other / "models").mkdir(parents=True)
+    (other / "models" / "DiveModel.py").write_text("")
+    git = ["git", "-C", str(other), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    wrong = subprocess.run(script + [str(other)], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "is at commit" in wrong.stderr and f"checkout {conformance.COMMIT}" in wrong.stderr
+    assert "Traceback" not in missing.stderr + wrong.stderr
