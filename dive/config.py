@@ -432,6 +432,9 @@ def validate(cfg: Config) -> Config:
              f"> -scale_range[0] = {-m.scale_range[0]:g} (the smallest scale s must be positive)")
     _require(0 <= m.position_margin < 1, "model.position_margin", m.position_margin, "in [0, 1)")
     if m.pose_inference == "track":
+        # the tracker sets every slot's initial position: a learned spread would be ignored
+        _require(m.slot_spread == 0, "model.slot_spread", m.slot_spread,
+                 '0 with model.pose_inference = "track" (the tracker places the slots)')
         _require(m.scale_range == [-1.0, 1.0] and m.position_margin == 0, "model.pose_inference", m.pose_inference,
                  "the tracking pose inference assumes the Moving MNIST constraint "
                  "(model.scale_range = [-1.0, 1.0], model.position_margin = 0)")
