@@ -4,14 +4,16 @@
     python bench/profile_step.py --batch 64 --steps 5 --amp
     python bench/profile_step.py --config configs/s2_track.toml --batch 16
 
-The step is dive.engine._train_step's (noise, forward, ELBO, backward,
-clipping, Adam, logging scalars). Each part of the forward is wrapped in a
-``torch.profiler.record_function`` range by this script (the model's code is
-not touched); the parts are the stages of docs/model.md:
+The step is the training loop's own, ``dive.engine.train_step`` (noise, the
+loss of ``dive.objective.batch_loss``: forward, ELBO and, in the tracking
+recipes, the teacher term; backward, clipping, Adam, logging scalars), whose
+profiler ranges name the parts outside the model. Each part of the forward
+is wrapped in a ``torch.profiler.record_function`` range by this script (the
+model's code is not touched); the parts are the stages of docs/model.md:
 
     frame encoder, pose: slot encoder, pose: presence, pose: imputation, pose: rollout,
     pose: initial pose, pose: tracker (tracking variant), crop, object encoder,
-    appearance: slot LSTM, appearance: dynamic, decoder, placement, ELBO
+    appearance: slot LSTM, appearance: dynamic, decoder, placement, ELBO, teacher
 
 Forward time of a part is the CPU time of every op inside its range (the
 part's own Python included); "model: other" is what the forward spends
@@ -32,7 +34,6 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import statistics
 import sys
 import time
@@ -50,8 +51,7 @@ from dive import config as config_mod  # noqa: E402
 from dive import schedules  # noqa: E402
 from dive.allocator import retain_freed_memory  # noqa: E402
 from dive.data import MovingMNIST  # noqa: E402
-from dive.elbo import elbo  # noqa: E402
-from dive.engine import autocast, batch_indices, build_model, build_optimizer, step_generator  # noqa: E402
+from dive.engine import Runtime, batch_indices, build_model, build_optimizer, train_step  # noqa: E402
 
 PREFIX = "part:"
 
@@ -69,6 +69,7 @@ def instrument(model) -> None:
     """Wrap every part of `model`'s forward in a labelled profiler range (this process only)."""
     import dive.model
     import dive.nn.appearance
+    import dive.objective
 
     pose, app = model.pose, model.appearance
     targets = [
@@ -89,13 +90,15 @@ def instrument(model) -> None:
         targets += [(pose.tracker, "forward", "pose: tracker"), (pose, "rollout_tracked", "pose: rollout")]
     for obj, attr, label in targets:
         setattr(obj, attr, _labelled(label, getattr(obj, attr)))
+    dive.objective.elbo = _labelled("ELBO", dive.objective.elbo)
+    dive.objective.future_track_term = _labelled("teacher", dive.objective.future_track_term)
     dive.nn.appearance.image_to_object = _labelled("crop", dive.nn.appearance.image_to_object)
     dive.model.object_to_image = _labelled("placement", dive.model.object_to_image)
     dive.model.compose = _labelled("placement", dive.model.compose)
 
 
 class Step:
-    """dive.engine._train_step, split into timed parts."""
+    """dive.engine.train_step on one fixed batch; its parts are the profiler ranges the engine names."""
 
     def __init__(self, cfg, batch_size: int, amp: bool):
         self.cfg, self.amp = cfg, amp
@@ -106,36 +109,8 @@ class Step:
         self.step = 0
 
     def __call__(self) -> None:
-        cfg, model, batch = self.cfg, self.model, self.batch
-        sched = schedules.at(self.step, cfg)
-        model.train()
-        with record_function(PREFIX + "noise"):
-            noise = model.sample_noise(batch["input"].shape[0], generator=step_generator(cfg.train.seed,
-                                                                                          sched.step, 0, "cpu"))
-        with record_function(PREFIX + "BatchNorm buffer copy"):
-            buffers = list(model.buffers())
-            saved = [b.clone() for b in buffers]
-        with record_function(PREFIX + "model: other"), autocast(torch.device("cpu"), self.amp):
-            out = model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
-                        gamma_imp=sched.gamma_imp, noise=noise, future_poses_only=sched.future_poses_only,
-                        render_slots=False)
-        with record_function(PREFIX + "ELBO"):
-            e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask,
-                     check_values=False, blur=sched.blur)
-        with record_function(PREFIX + "zero_grad"):
-            self.opt.zero_grad(set_to_none=True)
-        with record_function(PREFIX + "backward (driver)"):
-            e.loss.backward()
-        with record_function(PREFIX + "gradient clipping"):
-            max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            finite = bool(torch.isfinite(e.loss) & torch.isfinite(grad_norm))
-        with record_function(PREFIX + "Adam"):
-            if finite:
-                self.opt.step()
-        with record_function(PREFIX + "logging scalars"):
-            e.scalars()
-        del saved
+        train_step(self.model, self.model, self.opt, self.batch, self.cfg, schedules.at(self.step, self.cfg),
+                   Runtime(device=torch.device("cpu")), self.amp)
         self.step += 1
 
 

@@ -30,10 +30,12 @@ Some switches undo one optimisation each, to measure what it buys:
     slots       render every slot's image and sum them, as an eval pass does (no compose)
     loopadam    torch's default Adam (a loop of small ops per parameter), not the fused one
 
-The step is the one train.py takes (dive.engine._train_step): noise from
-``step_generator``, forward under ``autocast`` with the schedule's values,
-``dive.elbo.elbo``, backward, gradient-norm clipping, the finiteness check
-(one host sync) and an Adam step, then the scalars for logging. Without
+The step is the one train.py takes: the worker calls ``dive.engine.train_step``
+(noise from ``step_generator``, the BatchNorm-buffer copy, the loss of
+``dive.objective.batch_loss`` with the schedule's values: forward under
+``autocast``, the ELBO and the training-only terms; backward, gradient-norm
+clipping, the finiteness check (one host sync), an Adam step and the scalars
+for logging). Without
 ``data`` one batch is generated before timing and reused (as the original's
 pre-generated data); the noise is new every step.
 
@@ -75,7 +77,6 @@ and ``gpu_peak_gib`` is torch.cuda.max_memory_allocated of the worker.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -221,14 +222,6 @@ class Worker:
 
             self.opt = (torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
                         if "loopadam" in self.switches else build_optimizer(model, cfg))
-            from dive.elbo import elbo
-
-            # as the training loop calls it: the package's own batches need no value check
-            has_check = "check_values" in inspect.signature(elbo).parameters
-            self.elbo_kwargs = {"check_values": False} if has_check else {}
-            # as the training loop renders: the composites only, unless 'slots' asks for the slot images
-            can_skip = "render_slots" in inspect.signature(model.forward).parameters
-            self.forward_kwargs = {"render_slots": "slots" in self.switches} if can_skip else {}
             self.run_once = self._train_step
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
@@ -237,40 +230,24 @@ class Worker:
         idx = batch_indices(self.step, self.batch_size, 0, 1, len(self.train_set))
         return {k: v.to(self.device) for k, v in self.train_set.batch(idx).items()}
 
-    def _train_step(self) -> None:
-        """Mirrors dive.engine._train_step; kept here so the timing does not depend on its signature."""
-        import math
-
+    def _train_step(self) -> dict:
+        """The training loop's step, dive.engine.train_step, on this worker's batch; returns its logs."""
         from dive import schedules
-        from dive.elbo import elbo
-        from dive.engine import autocast, step_generator
+        from dive.engine import Runtime, train_step
 
-        cfg, model = self.cfg, self.model
         if "data" in self.switches:
             batch = self._next_batch()
         elif "loader" in self.switches:
             batch = {k: v.to(self.device) for k, v in next(self.loader).items()}
         else:
             batch = self.fixed_batch
-        sched = schedules.at(self.step, cfg)
+        sched = schedules.at(self.step, self.cfg)
         for group in self.opt.param_groups:
             group["lr"] = sched.lr
-        self.step_model.train()
-        noise = model.sample_noise(self.batch_size, self.device,
-                                   generator=step_generator(cfg.train.seed, sched.step, 0, self.device))
-        with autocast(self.device, self.amp):
-            out = self.step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
-                                  gamma_imp=sched.gamma_imp, noise=noise, **self.forward_kwargs)
-        e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask,
-                 **self.elbo_kwargs)
-        self.opt.zero_grad(set_to_none=True)
-        e.loss.backward()
-        max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        if bool(torch.isfinite(e.loss) & torch.isfinite(grad_norm)):
-            self.opt.step()
-        e.scalars()
+        logs = train_step(self.step_model, self.model, self.opt, batch, self.cfg, sched,
+                          Runtime(device=self.device), self.amp, render_slots="slots" in self.switches)
         self.step += 1
+        return logs
 
     def _evaluate(self) -> None:
         from dive.evaluation import evaluate

@@ -15,7 +15,6 @@ last bits).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.profiler import record_function
 
 from . import checkpoint, schedules
 from .allocator import retain_freed_memory
@@ -35,10 +35,9 @@ from .compile import compile_model, resolve_mode
 from .config import Config, architecture_diff, dumps_toml, to_dict
 from .data import build_dataset, collate
 from .data.common import atomic_write
-from .elbo import elbo
 from .errors import CheckpointError, TrainingError
 from .model import DIVE
-from .teacher import future_track_term
+from .objective import autocast, batch_loss
 
 
 # --------------------------------------------------------------------------- environment
@@ -84,13 +83,6 @@ def setup_runtime(device_name: str) -> Runtime:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Runtime(device=device, rank=rank, world=world, local_rank=local_rank)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast (no loss scaling needed) or a null context."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -328,7 +320,7 @@ def train(cfg: Config, opts: Options) -> State:
             batch = to_device(batch, rt.device)
             for group in opt.param_groups:
                 group["lr"] = sched.lr
-            logs = _train_step(step_model, model, opt, batch, cfg, sched, rt, opts.amp)
+            logs = train_step(step_model, model, opt, batch, cfg, sched, rt, opts.amp)
             st.step += 1
             st.elapsed = elapsed0 + time.perf_counter() - t0
             _after_step(st, logs, cfg, rt, out, model, opt)
@@ -377,42 +369,44 @@ def _should_stop(opts: Options, steps_done: int, seconds: float, rt: Runtime) ->
     return stop
 
 
-def _train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, amp: bool) -> dict:
+def train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, amp: bool, *,
+               render_slots: bool = False, check_values: bool = False) -> dict:
+    """One optimiser step on `batch` (the loss: dive/objective.py); returns the step's log scalars.
+
+    The profiler ranges name the parts bench/profile_step.py reports (no cost without a profiler).
+    """
     step_model.train()
-    noise = model.sample_noise(batch["input"].shape[0], rt.device,
-                               generator=step_generator(cfg.train.seed, sched.step, rt.rank, rt.device))
+    with record_function("part:noise"):
+        noise = model.sample_noise(batch["input"].shape[0], rt.device,
+                                   generator=step_generator(cfg.train.seed, sched.step, rt.rank, rt.device))
     # The forward pass updates the BatchNorm running statistics before anyone knows whether the step
     # is finite; a skipped step must not keep that update (NaN statistics would poison every later
     # eval pass and checkpoint). The buffers are a few small vectors; a clone each step costs little.
-    buffers = list(model.buffers())
-    saved = [b.clone() for b in buffers]
-    with autocast(rt.device, amp):
-        out = step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
-                         gamma_imp=sched.gamma_imp, noise=noise, future_poses_only=sched.future_poses_only,
-                         render_slots=False, **model.diagnostic_inputs(batch))
+    with record_function("part:BatchNorm buffer copy"):
+        buffers = list(model.buffers())
+        saved = [b.clone() for b in buffers]
     # Batches come from the package's datasets, which produce values in [0, 1]; a value check would
     # cost a second host sync per step, and a bad value still ends up as a skipped non-finite step.
-    e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask, check_values=False,
-             blur=sched.blur)
-    loss, extra_terms = e.loss, {}
-    if cfg.loss.future_track_std > 0:  # a departure from the ELBO (dive/teacher.py)
-        track_term = future_track_term(model.pose.tracker, batch, out.pose, cfg.data.image_size,
-                                       cfg.loss.future_track_std)
-        loss = loss - track_term / e.n_elements
-        extra_terms["term/track_future"] = track_term
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one sync of the step
-    if finite:
-        opt.step()
-    else:
-        with torch.no_grad():
-            for b, old in zip(buffers, saved):
-                b.copy_(old)
-    logs = {**e.scalars(), **{k: float(v.detach()) for k, v in extra_terms.items()}, "loss": float(loss.detach())} \
-        if finite else {"loss": float("nan")}
+    with record_function("part:model: other"):
+        bl = batch_loss(step_model, model, batch, cfg, sched, noise, amp=amp, render_slots=render_slots,
+                        check_values=check_values)
+    with record_function("part:zero_grad"):
+        opt.zero_grad(set_to_none=True)
+    with record_function("part:backward (driver)"):
+        bl.loss.backward()
+    with record_function("part:gradient clipping"):
+        max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        finite = bool(torch.isfinite(bl.loss) & torch.isfinite(grad_norm))  # the one sync of the step
+    with record_function("part:Adam"):
+        if finite:
+            opt.step()
+        else:
+            with torch.no_grad():
+                for b, old in zip(buffers, saved):
+                    b.copy_(old)
+    with record_function("part:logging scalars"):
+        logs = bl.scalars() if finite else {"loss": float("nan")}
     logs["grad_norm"] = float(grad_norm)
     logs["finite"] = finite
     return logs

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -116,3 +118,37 @@ def test_conv_layers_times_every_conv_of_the_model():
     bad = subprocess.run([sys.executable, "bench/conv_layers.py", "--variants", "onednn,cudnn"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown variant(s) ['cudnn']" in bad.stderr
+
+
+@pytest.mark.parametrize("config", ["configs/s2.toml", "configs/s2_track.toml"])
+def test_the_benchmarks_step_is_the_training_loops(config):
+    # bench/train_step.py's worker and bench/profile_step.py take dive.engine.train_step, which the
+    # training loop takes: the same loss, log scalars and parameters after one step as the loop's first.
+    import importlib.util
+
+    import torch
+
+    from dive import config as config_mod
+    from dive import schedules
+    from dive.data import build_dataset
+    from dive.engine import Runtime, build_model, build_optimizer, train_batches, train_step
+
+    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "bench" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    worker = bench.Worker({"mode": "eager", "batch": 2, "config": str(ROOT / config), "device": "cpu"})
+    bench_logs = worker._train_step()
+
+    cfg = config_mod.load(ROOT / config, ["train.batch_size=2", "train.num_workers=0"])
+    rt = Runtime(device=torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg)
+    batch = next(iter(train_batches(build_dataset(cfg.data, "train"), cfg, 0, rt)))
+    loop_logs = train_step(model, model, opt, batch, cfg, schedules.at(0, cfg), rt, amp=False)
+    assert bench_logs == loop_logs
+    if cfg.loss.future_track_std > 0:
+        assert "term/track_future" in loop_logs  # the teacher term is in the benchmarked step
+    for (name, a), b in zip(model.state_dict().items(), worker.model.state_dict().values()):
+        assert torch.equal(a, b), name

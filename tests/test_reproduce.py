@@ -41,7 +41,7 @@ def test_a_row_end_to_end_then_skipped(tmp_path: Path):
 
 def test_a_killed_row_continues_where_it_stopped(tmp_path: Path, monkeypatch):
     out = tmp_path / "rep"
-    real_step, calls = engine._train_step, []
+    real_step, calls = engine.train_step, []
 
     def dies_after_four(*args, **kwargs):
         if len(calls) == 4:
@@ -49,14 +49,14 @@ def test_a_killed_row_continues_where_it_stopped(tmp_path: Path, monkeypatch):
         calls.append(1)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_step", dies_after_four)
+    monkeypatch.setattr(engine, "train_step", dies_after_four)
     args = ["ddpae-s2", "--steps", "6", "--out", str(out), *SMOKE, "--set", "train.ckpt_every=2"]
     assert reproduce.main(args) == 130
     key = reproduce.row_key(reproduce.ROWS["ddpae-s2"], "smoke", "6steps", 0, ["train.ckpt_every=2"])
     run_dir = out / "runs" / key
     assert torch.load(run_dir / "latest.pt", weights_only=True)["step"] == 4  # the last checkpoint
     assert not (out / "table.json").exists()
-    monkeypatch.setattr(engine, "_train_step", real_step)
+    monkeypatch.setattr(engine, "train_step", real_step)
     assert reproduce.main(args) == 0
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]  # continued at 4, not started again

@@ -16,7 +16,7 @@ import torch
 from dive import config, schedules
 from dive.config import ConfigError
 from dive.data import MovingMNIST
-from dive.engine import Runtime, _train_step, build_model, build_optimizer
+from dive.engine import Runtime, build_model, build_optimizer, train_step
 
 SWITCHES = {
     "model.use_imputation": ["model.use_imputation=false"],
@@ -53,7 +53,7 @@ def test_pair_is_refused_by_name_or_trains(a, b, batch):
         return
     torch.manual_seed(0)
     model = build_model(cfg)
-    logs = _train_step(model, model, build_optimizer(model, cfg), batch, cfg, schedules.at(0, cfg),
+    logs = train_step(model, model, build_optimizer(model, cfg), batch, cfg, schedules.at(0, cfg),
                        Runtime(device=torch.device("cpu")), amp=False)
     assert logs["finite"]
 
