@@ -28,6 +28,7 @@ from dive.data import DataError, build_dataset, load_test_set
 from dive.engine import build_model, resolve_device
 from dive.errors import DIVEError
 from dive.evaluation import evaluate, picture_inputs
+from dive.model import forward_batch
 from dive.viz import animation_frames, plot_curves, save_gif, save_png, sequence_grid
 
 METRIC_COLUMNS = [("bce", "rec"), ("bce", "pred"), ("mse", "rec"), ("mse", "pred"),
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
             idx = list(range(min(args.examples, len(dataset))))
             batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
             with torch.no_grad():
-                out = model(batch["input"], **model.diagnostic_inputs(batch))
+                out = forward_batch(model, batch)
             write_pictures(args.out, batch, out, args.examples)
         print(results_table(metrics))
         print(f"wrote {args.out}/metrics.json, results.md, per_frame.png, examples/")

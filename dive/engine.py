@@ -36,7 +36,7 @@ from .config import Config, architecture_diff, dumps_toml, to_dict
 from .data import build_dataset, collate
 from .data.common import atomic_write
 from .errors import CheckpointError, TrainingError
-from .model import DIVE
+from .model import DIVE, forward_batch
 from .objective import autocast, batch_loss
 
 
@@ -473,7 +473,7 @@ def _write_images(writer, model: DIVE, batch, cfg: Config, step: int) -> None:
     was_training = model.training
     model.eval()
     first = {k: v[:1] for k, v in batch.items()}
-    out = model(first["input"], **model.diagnostic_inputs(first))
+    out = forward_batch(model, first)
     model.train(was_training)
     writer.add_image("sequence", tensorboard_grid(**picture_inputs(first, out, 0)), step)
 

@@ -36,6 +36,7 @@ from .config import Config
 from .elbo import elbo
 from .metrics import (MetricAccumulator, copy_last_baseline, frame_metrics, gather_slots, match_slots,
                       mean_frame_baseline, pose_centres)
+from .model import forward_batch
 
 
 def _score_mask(batch: dict[str, Tensor], cfg: Config) -> Tensor | None:
@@ -117,7 +118,7 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
         idx = list(range(start, min(start + batch_size, n)))
         batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(batch["input"], **model.diagnostic_inputs(batch))
+            out = forward_batch(model, batch)
         mask = _score_mask(batch, cfg)
         # The model's and the baselines' frames against the same targets in one call each: the
         # targets' SSIM statistics are computed once, and the baselines' still frames once per sequence.

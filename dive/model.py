@@ -79,6 +79,23 @@ def fill_missing_appearance(z: Tensor, observed: Tensor) -> Tensor:
     return torch.gather(z, 1, index.unsqueeze(-1).expand(-1, -1, -1, A))
 
 
+def forward_batch(module: nn.Module, batch: dict[str, Tensor], **kwargs) -> DIVEOutput:
+    """Run a DIVE, or its compiled or DistributedDataParallel wrapper, on a data batch.
+
+    The one place where a batch becomes `forward`'s arguments: its ``input`` and, with
+    ``model.diagnostic_true_positions``, the digits' true centres (`DIVE.diagnostic_inputs`);
+    `kwargs` go to `forward` as they are. Training (dive/objective.py), evaluation, the
+    pictures and evaluate.py all come through here.
+    """
+    model = module
+    while not isinstance(model, DIVE):  # torch.compile's wrapper holds it as _orig_mod, DDP as module
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            raise InputError(f"forward_batch needs a DIVE model or a wrapper of one, got {type(module).__name__}")
+        model = inner
+    return module(batch["input"], **model.diagnostic_inputs(batch), **kwargs)
+
+
 class DIVE(nn.Module):
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig):
         super().__init__()

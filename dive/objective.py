@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .config import Config
 from .elbo import ELBO, elbo
-from .model import DIVE, DIVEOutput
+from .model import DIVE, DIVEOutput, forward_batch
 from .schedules import Schedule
 from .teacher import future_track_term
 
@@ -60,9 +60,9 @@ def batch_loss(step_model, model: DIVE, batch: dict[str, Tensor], cfg: Config, s
     composites only). check_values: check the batch's values (the package's own batches need not).
     """
     with autocast(batch["input"].device, amp):
-        out = step_model(batch["input"], temperature=sched.temperature, gamma_app=sched.gamma_app,
-                         gamma_imp=sched.gamma_imp, noise=noise, future_poses_only=sched.future_poses_only,
-                         render_slots=render_slots, **model.diagnostic_inputs(batch))
+        out = forward_batch(step_model, batch, temperature=sched.temperature, gamma_app=sched.gamma_app,
+                            gamma_imp=sched.gamma_imp, noise=noise, future_poses_only=sched.future_poses_only,
+                            render_slots=render_slots)
     e = elbo(out, batch, cfg.loss, kl_weight=sched.kl_weight, future_mask=sched.future_mask,
              check_values=check_values, blur=sched.blur)
     loss, extra = e.loss, {}

@@ -9,7 +9,7 @@ from dive import config
 from dive.config import DataConfig, ModelConfig
 from dive.data import build_dataset
 from dive.metrics import pose_centres
-from dive.model import DIVE
+from dive.model import DIVE, forward_batch
 from dive.teacher import future_targets, future_track_term
 
 
@@ -25,7 +25,7 @@ def model_on_the_digits() -> DIVE:
 
 def test_targets_follow_the_digits_into_the_future_in_the_models_slot_order(batch):
     model = model_on_the_digits()
-    out = model(batch["input"], **model.diagnostic_inputs(batch))  # slot k on digit k on the input frames
+    out = forward_batch(model, batch)  # slot k on digit k on the input frames
     targets, seen = future_targets(model.pose.tracker, batch, out.pose)
     error = (targets - batch["positions"][:, 10:]).norm(dim=-1) * 32  # (b t_out k) pixels from digit k
     assert seen.mean() > 0.9 and error[seen > 0].median() < 1.2 and error[seen > 0].mean() < 2.5
@@ -35,7 +35,7 @@ def test_targets_follow_the_digits_into_the_future_in_the_models_slot_order(batc
 
 def test_the_term_is_a_gaussian_log_density_of_the_tracked_centres(batch):
     model = model_on_the_digits()
-    out = model(batch["input"], **model.diagnostic_inputs(batch))
+    out = forward_batch(model, batch)
     pose = out.pose.detach().requires_grad_(True)
     term = future_track_term(model.pose.tracker, batch, pose, 64, std_px=2.0)
     targets, seen = future_targets(model.pose.tracker, batch, pose)

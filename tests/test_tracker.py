@@ -7,7 +7,7 @@ from dive.config import DataConfig, ModelConfig
 from dive.data import build_dataset
 from dive.errors import InputError
 from dive.metrics import gather_slots, match_slots, pose_centres
-from dive.model import DIVE
+from dive.model import DIVE, forward_batch
 from dive.nn.stn import constrain_pose
 from dive.nn.pose_track import raw_translation, translation_centre
 from dive.nn.tracker import InkTracker
@@ -131,8 +131,20 @@ def test_poses_follow_the_tracker_on_the_input_frames(scale):
 def test_true_centres_replace_the_tracked_ones():
     model = model_with_silent_heads(diagnostic_true_positions=True)
     batch = build_dataset(DataConfig(scenario="s2", test_size=4), "test").batch([0, 1, 2, 3])
-    out = model(batch["input"], **model.diagnostic_inputs(batch))
+    out = forward_batch(model, batch)
     torch.testing.assert_close(pose_centres(out.pose[:, :10]), batch["positions"][:, :10], atol=1e-4, rtol=0)
+
+    class Wrapper(torch.nn.Module):  # as DistributedDataParallel holds the model
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    torch.testing.assert_close(forward_batch(Wrapper(model), batch).pose, out.pose)
+    with pytest.raises(InputError, match="needs a DIVE model"):
+        forward_batch(torch.nn.Linear(2, 2), batch)
     with pytest.raises(InputError, match="positions"):
         model.diagnostic_inputs({"input": batch["input"]})
     plain = DIVE(ModelConfig(), DataConfig())
