@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from .data import build_dataset, collate
 from .data.common import atomic_write
 from .errors import CheckpointError, TrainingError
 from .model import DIVE, forward_batch
-from .objective import autocast, batch_loss
+from .objective import batch_loss
 
 
 # --------------------------------------------------------------------------- environment

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from dive import config
-from dive.convert_original import ORIGINAL_NETS, from_original, read_original, to_original, write_original
+from dive.convert_original import ORIGINAL_NETS, from_original, read_original, to_original
 from dive.errors import CheckpointError
 
 HERE = Path(__file__).resolve().parent

@@ -17,7 +17,8 @@ import torch
 from dive import config
 from dive.data import MovingMNIST
 from dive.elbo import elbo
-from dive.engine import autocast, build_model, build_optimizer
+from dive.engine import build_model, build_optimizer
+from dive.objective import autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

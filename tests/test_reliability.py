@@ -32,7 +32,7 @@ from cli import losses, run
 import pytest
 import torch
 
-from dive import checkpoint, config, engine
+from dive import checkpoint, config, engine, objective
 from dive.checkpoint import CheckpointError
 from dive.engine import Options, TrainingError
 
@@ -384,7 +384,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path: Path, m
                               "train.log_every=1", "train.eval_every=1000", "train.image_every=1000"])
     out, first_bad = tmp_path / "run", 5
     models, calls, snapshots, latest_digest = [], [], [], []
-    real_build, real_elbo = engine.build_model, engine.elbo
+    real_build, real_elbo = engine.build_model, objective.elbo  # the loss of a batch calls it
 
     def build(c):
         models.append(real_build(c))
@@ -402,7 +402,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path: Path, m
         return dataclasses.replace(e, loss=e.loss * float("nan"))
 
     monkeypatch.setattr(engine, "build_model", build)
-    monkeypatch.setattr(engine, "elbo", elbo)
+    monkeypatch.setattr(objective, "elbo", elbo)
     initial = {k: v.clone() for k, v in real_build(cfg).state_dict().items()}
     with pytest.raises(TrainingError) as info:
         engine.train(cfg, Options(out=out, device="cpu", quiet=True))
@@ -434,13 +434,13 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path: Path, m
 
 NAN_FROM_STEP_3 = """
 import dataclasses, runpy, sys
-import dive.engine as engine
-real, calls = engine.elbo, []
+import dive.objective as objective
+real, calls = objective.elbo, []
 def elbo(*args, **kwargs):
     e = real(*args, **kwargs)
     calls.append(1)
     return dataclasses.replace(e, loss=e.loss * float("nan")) if len(calls) >= 3 else e
-engine.elbo = elbo
+objective.elbo = elbo
 sys.argv = ["train.py", *sys.argv[1:]]
 runpy.run_path("train.py", run_name="__main__")
 """

@@ -58,7 +58,7 @@ import subprocess
 import sys
 import types
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -402,7 +402,7 @@ class OriginalRun:
 
     def _install(self):
         pn, an = self.pose_net, self.net("appearance_model")
-        T, k = self.t_in, self.k
+        T = self.t_in
         run = self
 
         def seq_rnn(orig, x, hidden=None):
