@@ -69,6 +69,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE.parent / "golden"))
 
 from dive import config as config_mod  # noqa: E402
 from dive.convert_original import from_original, to_original  # noqa: E402
@@ -77,6 +78,7 @@ from dive.distributions import gaussian_log_prob, relaxed_bernoulli_logit_log_pr
 from dive.elbo import elbo  # noqa: E402
 from dive.engine import build_optimizer  # noqa: E402
 from dive.model import DIVE  # noqa: E402
+from make_golden import randomize_  # noqa: E402  (tests/golden/make_golden.py)
 
 COMMIT = "9db175b2c5b6743f559cc3ddacc6d0e74c8fb9ce"
 REPOSITORY = "https://github.com/Rose-STL-Lab/DIVE"
@@ -166,16 +168,7 @@ def make_model(cfg: config_mod.Config, seed: int = 0) -> DIVE:
 def _random_model(cfg: config_mod.Config, seed: int) -> DIVE:
     torch.manual_seed(seed)
     model = DIVE(cfg.model, cfg.data)
-    # As tests/golden: at the DCGAN init whole layers barely touch the output; larger random weights
-    # make every layer matter, and moved batch-norm statistics make the eval pass test them too.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.copy_(0.1 * torch.randn_like(buf))
-            elif name.endswith("running_var"):
-                buf.copy_(1 + 0.1 * torch.rand_like(buf))
+    randomize_(model)  # weights at a scale where every layer matters, as tests/golden's
     return model
 
 

@@ -45,21 +45,29 @@ def golden_config() -> config.Config:
     return config.load(ROOT / "configs" / "smoke.toml")
 
 
+@torch.no_grad()
+def randomize_(model: DIVE) -> None:
+    """Weights and batch-norm statistics a comparison can see (from torch's global generator).
+
+    At the DCGAN init the appearance means are near 0 and whole layers barely touch the
+    output; random weights at a larger scale make every layer matter. Batch-norm running
+    statistics move away from their (0, 1) start so the eval pass tests them too. Also used
+    by tests/conformance/conformance.py.
+    """
+    for p in model.parameters():
+        p.add_(0.1 * torch.randn_like(p))
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(0.1 * torch.randn_like(buf))
+        elif name.endswith("running_var"):
+            buf.copy_(1 + 0.1 * torch.rand_like(buf))
+
+
 def build() -> dict[str, np.ndarray]:
     cfg = golden_config()
     torch.manual_seed(0)
     model = DIVE(cfg.model, cfg.data)
-    # At the DCGAN init the appearance means are near 0 and whole layers barely touch the
-    # output; random weights at a larger scale make every layer matter. Batch-norm running
-    # statistics move away from their (0, 1) start so the eval pass tests them too.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.copy_(0.1 * torch.randn_like(buf))
-            elif name.endswith("running_var"):
-                buf.copy_(1 + 0.1 * torch.rand_like(buf))
+    randomize_(model)
     batch = MovingMNIST(config=cfg.data, split="test", seed=0).batch([0])
     noise = model.sample_noise(1, "cpu", generator=torch.Generator().manual_seed(0))
 
