@@ -25,10 +25,11 @@ from dive import checkpoint
 from dive.allocator import retain_freed_memory
 from dive.config import ConfigError
 from dive.data import DataError, build_dataset, load_test_set
-from dive.engine import build_model, resolve_device
+from dive.engine import build_model
 from dive.errors import DIVEError
 from dive.evaluation import evaluate, picture_inputs
 from dive.model import forward_batch
+from dive.runtime import resolve_device
 from dive.viz import animation_frames, plot_curves, save_gif, save_png, sequence_grid
 
 METRIC_COLUMNS = [("bce", "rec"), ("bce", "pred"), ("mse", "rec"), ("mse", "pred"),

@@ -42,9 +42,10 @@ import torch
 from dive import checkpoint, config, published
 from dive.data import build_dataset
 from dive.data.common import atomic_write
-from dive.engine import Options, build_model, resolve_device, train
+from dive.engine import Options, build_model, train
 from dive.errors import DIVEError
 from dive.evaluation import evaluate
+from dive.runtime import resolve_device
 from train import minutes_list
 
 ROOT = Path(__file__).resolve().parent

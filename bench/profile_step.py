@@ -51,7 +51,8 @@ from dive import config as config_mod  # noqa: E402
 from dive import schedules  # noqa: E402
 from dive.allocator import retain_freed_memory  # noqa: E402
 from dive.data import MovingMNIST  # noqa: E402
-from dive.engine import Runtime, batch_indices, build_model, build_optimizer, train_step  # noqa: E402
+from dive.engine import build_model, build_optimizer, train_step  # noqa: E402
+from dive.runtime import Runtime, batch_indices  # noqa: E402
 
 PREFIX = "part:"
 

@@ -215,7 +215,7 @@ class Worker:
             self.train_set = MovingMNIST(config=cfg.data, split="train", seed=cfg.data.seed)
             self.fixed_batch = self._next_batch()
             if "loader" in self.switches:
-                from dive.engine import Runtime, train_batches
+                from dive.runtime import Runtime, train_batches
 
                 self.loader = train_batches(self.train_set, cfg, 0, Runtime(device=self.device))
             from dive.engine import build_optimizer
@@ -225,7 +225,7 @@ class Worker:
             self.run_once = self._train_step
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
-        from dive.engine import batch_indices
+        from dive.runtime import batch_indices
 
         idx = batch_indices(self.step, self.batch_size, 0, 1, len(self.train_set))
         return {k: v.to(self.device) for k, v in self.train_set.batch(idx).items()}
@@ -233,7 +233,8 @@ class Worker:
     def _train_step(self) -> dict:
         """The training loop's step, dive.engine.train_step, on this worker's batch; returns its logs."""
         from dive import schedules
-        from dive.engine import Runtime, train_step
+        from dive.engine import train_step
+        from dive.runtime import Runtime
 
         if "data" in self.switches:
             batch = self._next_batch()

@@ -1,138 +1,37 @@
-"""The training loop: device, AMP, compile, DDP, logging, checkpoints, resume.
+"""The training step and loop: the optimiser, AMP, compile, DDP, checkpoints, resume.
 
-Reproducibility rests on two rules:
-
-* the training batch of step n on rank r is the list of dataset indices
-  ``[(n * world + r) * B + j for j < B]``, and every item depends only on its
-  index, so data never depends on workers, restarts or iteration order;
-* all of a step's model noise (latent samples, presence noise, the two
-  dropout tricks) comes from a generator seeded with (train.seed, n, r).
-
-So a run resumed from its checkpoint at step n computes exactly what an
-uninterrupted run computes at step n (on CPU; CUDA kernels may differ in the
-last bits).
+Where it runs and what each step reads (devices, ranks, the step's batch and
+noise, and why a resumed run computes what an uninterrupted one does):
+dive/runtime.py. What the run folder records besides checkpoints (logs,
+TensorBoard, validation): dive/runlog.py. The loss of a batch:
+dive/objective.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.profiler import record_function
+from torch.utils.tensorboard import SummaryWriter
 
 from . import checkpoint, schedules
 from .allocator import retain_freed_memory
 from .compile import compile_model, resolve_mode
 from .config import Config, architecture_diff, dumps_toml, to_dict
-from .data import build_dataset, collate
+from .data import build_dataset
 from .data.common import atomic_write
 from .errors import CheckpointError, TrainingError
-from .model import DIVE, forward_batch
+from .model import DIVE
 from .objective import batch_loss
-
-
-# --------------------------------------------------------------------------- environment
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise TrainingError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N")
-    return torch.device(name)
-
-
-def setup_runtime(device_name: str) -> Runtime:
-    """Single process, or one rank of a torchrun job (detected from its environment)."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Runtime(device=resolve_device(device_name))
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device=device, rank=rank, world=world, local_rank=local_rank)
-
-
-def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """The generator of all model noise at one step: a pure function of (seed, step, rank)."""
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
-    return g
-
-
-def batch_indices(step: int, batch_size: int, rank: int, world: int, length: int) -> list[int]:
-    """Dataset indices of one rank's batch at `step` (wrapping around finite datasets such as pedestrians)."""
-    start = (step * world + rank) * batch_size
-    return [i % length for i in range(start, start + batch_size)]
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
-
-
-
-
-class _StepBatches(torch.utils.data.Sampler):
-    """Index lists of steps start..end-1 for one rank (for DataLoader workers)."""
-
-    def __init__(self, start: int, end: int, batch_size: int, rank: int, world: int, length: int):
-        self.start, self.end, self.b, self.rank, self.world, self.length = start, end, batch_size, rank, world, length
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start, self.end):
-            yield batch_indices(step, self.b, self.rank, self.world, self.length)
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.start)
-
-
-def train_batches(dataset, cfg: Config, start: int, rt: Runtime) -> Iterator[dict[str, torch.Tensor]]:
-    t = cfg.train
-    if t.num_workers == 0:
-        for step in range(start, t.steps):
-            yield dataset.batch(batch_indices(step, t.batch_size, rt.rank, rt.world, len(dataset)))
-        return
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_StepBatches(start, t.steps, t.batch_size, rt.rank, rt.world, len(dataset)),
-        num_workers=t.num_workers, collate_fn=collate, pin_memory=rt.device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4,
-    )
-    yield from loader
-
-
-# --------------------------------------------------------------------------- the loop
+from .runlog import append_jsonl, trim_jsonl, validate, write_images, write_scalars
+from .runtime import Runtime, setup_runtime, step_generator, to_device, train_batches
 
 
 @dataclass
@@ -253,109 +152,123 @@ def train(cfg: Config, opts: Options) -> State:
     if rt.device.type == "cpu":
         retain_freed_memory()  # freed tensors stay in the process: no page faults per step (docs/performance.md)
     out = Path(opts.out)
-    resume_state, changes = None, []
-    if opts.resume:
-        resume_state, changes = check_resume(out, cfg)
-        for change in changes:
-            _log(rt, f"resume: config change {change}")
-
+    resume_state, changes = check_resume(out, cfg) if opts.resume else (None, [])
+    for change in changes:
+        _log(rt, f"resume: config change {change}")
     model = build_model(cfg).to(rt.device)
     opt = build_optimizer(model, cfg, rt.world)
     st = State()
     if resume_state is not None:
-        checkpoint.load_model_state(model, resume_state, out / "latest.pt")
-        try:
-            opt.load_state_dict(resume_state["optimizer"])
-            # The checkpoint's eps continues (runs written before train.adam_eps kept 1e-8) unless the keys it
-            # follows from were changed for this invocation.
-            if any(c.startswith(("train.adam_eps:", "train.batch_size:")) for c in changes):
-                for group in opt.param_groups:
-                    group["eps"] = adam_eps(cfg, rt.world)
-            checkpoint.set_rng_state(resume_state.get("rng", {}))
-            extra = resume_state.get("extra", {})
-            st = State(step=int(resume_state["step"]), best=float(extra.get("best", math.inf)),
-                       nonfinite_total=int(extra.get("nonfinite_total", 0)),
-                       nonfinite_in_row=int(extra.get("nonfinite_in_row", 0)),
-                       elapsed=float(extra.get("elapsed", 0.0)))
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            reason = (str(e).strip().splitlines() or [""])[0]
-            raise CheckpointError(f"{out / 'latest.pt'}: its optimiser, RNG or step state cannot be restored "
-                                  f"({type(e).__name__}: {reason})") from None
+        st = _restore(resume_state, out / "latest.pt", model, opt, cfg, rt, changes)
         _log(rt, f"resumed {out} at step {st.step}")
-
-    writer = None
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("latest.pt", "best.pt"):
-            checkpoint.remove_partial(out / name)  # left by a save that was killed
-        text = dumps_toml(cfg).encode()
-        atomic_write(out / "config.toml", lambda f: f.write(text))
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops events a crashed run logged after its last checkpoint.
-        writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=st.step if opts.resume else None)
-        _trim_jsonl(out / "log.jsonl", st.step)
-        _trim_jsonl(out / "val.jsonl", st.step)
+    writer = _open_run_folder(out, cfg, st, opts) if rt.is_main else None
     compile_mode = resolve_mode(opts.compile_mode, rt.device)
     compiled = f"True ({compile_mode or 'default'})" if opts.compile else "False"
     _log(rt, f"device {rt.device} | world {rt.world} | amp {opts.amp} | compile {compiled} | "
              f"params {sum(p.numel() for p in model.parameters()):,}")
-
     step_model: nn.Module = model
     if rt.distributed:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if opts.compile:
         step_model = compile_model(step_model, mode=compile_mode)
-
-    dataset = build_dataset(cfg.data, "train", seed=cfg.data.seed)
-    val_set = build_dataset(cfg.data, "val") if rt.is_main else None
-
-    t0, step0, elapsed0 = time.perf_counter(), st.step, st.elapsed
-    snapshots = sorted(m for m in opts.snapshot_minutes if m * 60 > st.elapsed)
     try:
-        for batch in train_batches(dataset, cfg, st.step, rt):
-            sched = schedules.at(st.step, cfg)
-            batch = to_device(batch, rt.device)
-            for group in opt.param_groups:
-                group["lr"] = sched.lr
-            logs = train_step(step_model, model, opt, batch, cfg, sched, rt, opts.amp)
-            st.step += 1
-            st.elapsed = elapsed0 + time.perf_counter() - t0
-            _after_step(st, logs, cfg, rt, out, model, opt)
-            stopping = _should_stop(opts, st.step - step0, time.perf_counter() - t0, rt)
-
-            if rt.is_main:
-                if st.step % cfg.train.log_every == 0 or st.step == cfg.train.steps:
-                    rate = (st.step - step0) / max(time.perf_counter() - t0, 1e-9)
-                    eta = (cfg.train.steps - st.step) / max(rate, 1e-9)
-                    if not opts.quiet:
-                        print(f"step {st.step}/{cfg.train.steps} | loss/elem {logs['loss']:.5f} | "
-                              f"{rate:.2f} steps/s | ETA {_fmt_time(eta)}", flush=True)
-                    _write_scalars(writer, st.step, logs, sched)
-                    _append_jsonl(out / "log.jsonl", {"step": st.step, "time": st.elapsed,
-                                                      "lr": sched.lr, "temperature": sched.temperature,
-                                                      **{k: v for k, v in logs.items() if k != "finite"}})
-                    writer.add_scalar("speed/steps_per_s", rate, st.step)
-                if st.step % cfg.train.image_every == 0:
-                    _write_images(writer, model, batch, cfg, st.step)
-                if st.step % cfg.train.eval_every == 0 or st.step == cfg.train.steps:
-                    _validate(writer, model, val_set, cfg, rt, st, out, opt)
-                if st.step % cfg.train.ckpt_every == 0 or st.step == cfg.train.steps or stopping:
-                    checkpoint.save(out / "latest.pt", _checkpoint_state(model, opt, cfg, st))
-                while snapshots and st.elapsed >= snapshots[0] * 60:
-                    minute = snapshots.pop(0)
-                    (out / "snapshots").mkdir(exist_ok=True)
-                    checkpoint.save(out / "snapshots" / f"min_{minute:g}.pt", _checkpoint_state(model, opt, cfg, st))
-            if stopping:
-                _log(rt, f"stopping at step {st.step} as asked; continue with --resume {out}")
-                break
+        _loop(step_model, model, opt, cfg, opts, rt, st, out, writer)
     finally:
         if writer is not None:
             writer.close()
     if rt.distributed:
         dist.barrier()
     return st
+
+
+def _restore(state: dict[str, Any], path: Path, model, opt, cfg: Config, rt: Runtime, changes: list[str]) -> State:
+    """Weights, optimiser, RNG and counters from a checkpoint; the State to continue from."""
+    checkpoint.load_model_state(model, state, path)
+    try:
+        opt.load_state_dict(state["optimizer"])
+        # The checkpoint's eps continues (runs written before train.adam_eps kept 1e-8) unless the keys it
+        # follows from were changed for this invocation.
+        if any(c.startswith(("train.adam_eps:", "train.batch_size:")) for c in changes):
+            for group in opt.param_groups:
+                group["eps"] = adam_eps(cfg, rt.world)
+        checkpoint.set_rng_state(state.get("rng", {}))
+        extra = state.get("extra", {})
+        return State(step=int(state["step"]), best=float(extra.get("best", math.inf)),
+                     nonfinite_total=int(extra.get("nonfinite_total", 0)),
+                     nonfinite_in_row=int(extra.get("nonfinite_in_row", 0)),
+                     elapsed=float(extra.get("elapsed", 0.0)))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: its optimiser, RNG or step state cannot be restored "
+                              f"({type(e).__name__}: {reason})") from None
+
+
+def _open_run_folder(out: Path, cfg: Config, st: State, opts: Options) -> SummaryWriter:
+    """The run folder made ready on the main rank: config.toml, logs trimmed to the resumed step, TensorBoard."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("latest.pt", "best.pt"):
+        checkpoint.remove_partial(out / name)  # left by a save that was killed
+    text = dumps_toml(cfg).encode()
+    atomic_write(out / "config.toml", lambda f: f.write(text))
+    # purge_step drops events a crashed run logged after its last checkpoint.
+    writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=st.step if opts.resume else None)
+    trim_jsonl(out / "log.jsonl", st.step)
+    trim_jsonl(out / "val.jsonl", st.step)
+    return writer
+
+
+def _loop(step_model, model, opt, cfg: Config, opts: Options, rt: Runtime, st: State, out: Path, writer) -> None:
+    """Steps from st.step until train.steps, the stop options or too many non-finite steps."""
+    dataset = build_dataset(cfg.data, "train", seed=cfg.data.seed)
+    val_set = build_dataset(cfg.data, "val") if rt.is_main else None
+    t0, step0, elapsed0 = time.perf_counter(), st.step, st.elapsed
+    snapshots = sorted(m for m in opts.snapshot_minutes if m * 60 > st.elapsed)
+    for batch in train_batches(dataset, cfg, st.step, rt):
+        sched = schedules.at(st.step, cfg)
+        batch = to_device(batch, rt.device)
+        for group in opt.param_groups:
+            group["lr"] = sched.lr
+        logs = train_step(step_model, model, opt, batch, cfg, sched, rt, opts.amp)
+        st.step += 1
+        st.elapsed = elapsed0 + time.perf_counter() - t0
+        _after_step(st, logs, cfg, rt, out)
+        stopping = _should_stop(opts, st.step - step0, time.perf_counter() - t0, rt)
+        if rt.is_main:
+            rate = (st.step - step0) / max(time.perf_counter() - t0, 1e-9)
+            _record(writer, model, opt, batch, logs, sched, cfg, opts, rt, st, out, rate, val_set, stopping)
+            while snapshots and st.elapsed >= snapshots[0] * 60:
+                minute = snapshots.pop(0)
+                (out / "snapshots").mkdir(exist_ok=True)
+                checkpoint.save(out / "snapshots" / f"min_{minute:g}.pt", _checkpoint_state(model, opt, cfg, st))
+        if stopping:
+            _log(rt, f"stopping at step {st.step} as asked; continue with --resume {out}")
+            break
+
+
+def _record(writer, model, opt, batch, logs: dict, sched, cfg: Config, opts: Options, rt: Runtime, st: State,
+            out: Path, rate: float, val_set, stopping: bool) -> None:
+    """The main rank's bookkeeping after a step: progress line, logs, pictures, validation, checkpoints."""
+    t = cfg.train
+    if st.step % t.log_every == 0 or st.step == t.steps:
+        if not opts.quiet:
+            eta = (t.steps - st.step) / max(rate, 1e-9)
+            print(f"step {st.step}/{t.steps} | loss/elem {logs['loss']:.5f} | "
+                  f"{rate:.2f} steps/s | ETA {_fmt_time(eta)}", flush=True)
+        write_scalars(writer, st.step, logs, sched)
+        append_jsonl(out / "log.jsonl", {"step": st.step, "time": st.elapsed, "lr": sched.lr,
+                                         "temperature": sched.temperature,
+                                         **{k: v for k, v in logs.items() if k != "finite"}})
+        writer.add_scalar("speed/steps_per_s", rate, st.step)
+    if st.step % t.image_every == 0:
+        write_images(writer, model, batch, st.step)
+    if st.step % t.eval_every == 0 or st.step == t.steps:
+        score = validate(writer, model, val_set, cfg, rt.device, st, out)
+        if score < st.best:
+            st.best = score
+            checkpoint.save(out / "best.pt", _checkpoint_state(model, opt, cfg, st))
+    if st.step % t.ckpt_every == 0 or st.step == t.steps or stopping:
+        checkpoint.save(out / "latest.pt", _checkpoint_state(model, opt, cfg, st))
 
 
 def _should_stop(opts: Options, steps_done: int, seconds: float, rt: Runtime) -> bool:
@@ -411,7 +324,7 @@ def train_step(step_model, model, opt, batch, cfg: Config, sched, rt: Runtime, a
     return logs
 
 
-def _after_step(st: State, logs: dict, cfg: Config, rt: Runtime, out: Path, model, opt) -> None:
+def _after_step(st: State, logs: dict, cfg: Config, rt: Runtime, out: Path) -> None:
     if logs["finite"]:
         st.nonfinite_in_row = 0
         return
@@ -427,82 +340,3 @@ def _after_step(st: State, logs: dict, cfg: Config, rt: Runtime, out: Path, mode
             f"{st.nonfinite_in_row} non-finite steps in a row (train.max_nonfinite = "
             f"{cfg.train.max_nonfinite}); stopping: {kept}. Try a lower train.lr or train.grad_clip > 0"
         )
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _trim_jsonl(path: Path, step: int) -> None:
-    """Drop records a crashed run wrote after the checkpoint it resumes from."""
-    if not path.exists():
-        return
-    keep = "".join(line + "\n" for line in path.read_text().splitlines() if _step_of(line) <= step).encode()
-    atomic_write(path, lambda f: f.write(keep))  # a kill during the rewrite must not empty the log
-
-
-def _step_of(line: str) -> float:
-    # A kill during an append leaves a torn last line: it belongs to no finished step.
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf
-
-
-def _write_scalars(writer, step: int, logs: dict, sched) -> None:
-    for k, v in logs.items():
-        if k != "finite":
-            writer.add_scalar(f"train/{k}", v, step)
-    writer.add_scalar("schedule/lr", sched.lr, step)
-    writer.add_scalar("schedule/kl_weight", sched.kl_weight, step)
-    writer.add_scalar("schedule/temperature", sched.temperature, step)
-    writer.add_scalar("schedule/gamma_app", sched.gamma_app, step)
-    writer.add_scalar("schedule/gamma_imp", sched.gamma_imp, step)
-    writer.add_scalar("schedule/future_mask", float(sched.future_mask), step)
-    writer.add_scalar("schedule/blur", sched.blur, step)
-    writer.add_scalar("schedule/future_poses_only", float(sched.future_poses_only), step)
-
-
-@torch.no_grad()
-def _write_images(writer, model: DIVE, batch, cfg: Config, step: int) -> None:
-    from .evaluation import picture_inputs
-    from .viz import tensorboard_grid
-
-    was_training = model.training
-    model.eval()
-    first = {k: v[:1] for k, v in batch.items()}
-    out = forward_batch(model, first)
-    model.train(was_training)
-    writer.add_image("sequence", tensorboard_grid(**picture_inputs(first, out, 0)), step)
-
-
-def _validate(writer, model: DIVE, val_set, cfg: Config, rt: Runtime, st: State, out: Path, opt) -> None:
-    from .evaluation import evaluate
-
-    n = min(cfg.train.eval_size, len(val_set))
-    metrics = evaluate(model, val_set, cfg, n=n, batch_size=min(cfg.train.batch_size, 64), device=rt.device,
-                       baselines=False)
-    flat = {
-        "rec_mse": metrics["rec"]["mse"], "pred_mse": metrics["pred"]["mse"],
-        "rec_bce": metrics["rec"]["bce"], "pred_bce": metrics["pred"]["bce"],
-        "rec_ssim": metrics["rec"]["ssim"], "pred_ssim": metrics["pred"]["ssim"],
-        "nelbo": metrics["nelbo"], "missing_f1": metrics["missing"]["f1"],
-    }
-    # pixels from each digit to its matched slot (Moving MNIST only): a run's slots have split
-    # from the pair's midpoint once this falls below ~4 px (docs/results.md)
-    track = metrics["tracking_px"]
-    if track["input"] is not None:
-        flat.update(tracking_input_px=track["input"], tracking_future_px=track["future"])
-    for k, v in flat.items():
-        writer.add_scalar(f"val/{k}", v, st.step)
-    score = flat["rec_mse"] + flat["pred_mse"]
-    tracking = (f" | tracking {flat['tracking_input_px']:.1f} / {flat['tracking_future_px']:.1f} px"
-                if "tracking_input_px" in flat else "")
-    print(f"  val @ {st.step}: rec mse {flat['rec_mse']:.2f} | pred mse {flat['pred_mse']:.2f} | "
-          f"nelbo {flat['nelbo']:.4f} | missing f1 {flat['missing_f1']:.3f}{tracking}", flush=True)
-    st.history.append({"step": st.step, **flat})
-    _append_jsonl(out / "val.jsonl", {"step": st.step, "time": st.elapsed, **flat})
-    if score < st.best:
-        st.best = score
-        checkpoint.save(out / "best.pt", _checkpoint_state(model, opt, cfg, st))

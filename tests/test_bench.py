@@ -131,7 +131,8 @@ def test_the_benchmarks_step_is_the_training_loops(config):
     from dive import config as config_mod
     from dive import schedules
     from dive.data import build_dataset
-    from dive.engine import Runtime, build_model, build_optimizer, train_batches, train_step
+    from dive.engine import build_model, build_optimizer, train_step
+    from dive.runtime import Runtime, train_batches
 
     spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "bench" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)

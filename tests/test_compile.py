@@ -9,7 +9,8 @@ from dive import config
 from dive.compile import COMPILE_MODES, compile_model, resolve_mode
 from dive.data import MovingMNIST
 from dive.elbo import elbo
-from dive.engine import build_model, step_generator
+from dive.engine import build_model
+from dive.runtime import step_generator
 
 
 def test_compile_modes():

@@ -7,7 +7,8 @@ import torch
 from dive import config, schedules
 from dive.data import MovingMNIST
 from dive.elbo import elbo
-from dive.engine import adam_eps, build_model, build_optimizer, step_generator
+from dive.engine import adam_eps, build_model, build_optimizer
+from dive.runtime import step_generator
 
 
 def _errors(model, batch) -> tuple[float, float]:

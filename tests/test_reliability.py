@@ -32,7 +32,7 @@ from cli import losses, run
 import pytest
 import torch
 
-from dive import checkpoint, config, engine, objective
+from dive import checkpoint, config, engine, objective, runlog
 from dive.checkpoint import CheckpointError
 from dive.engine import Options, TrainingError
 
@@ -364,7 +364,7 @@ def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path:
 def test_torn_log_line_from_a_kill_is_dropped(tmp_path: Path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
-    engine._trim_jsonl(log, 2)
+    runlog.trim_jsonl(log, 2)
     assert log.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n'
 
 

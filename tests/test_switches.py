@@ -16,7 +16,8 @@ import torch
 from dive import config, schedules
 from dive.config import ConfigError
 from dive.data import MovingMNIST
-from dive.engine import Runtime, build_model, build_optimizer, train_step
+from dive.engine import build_model, build_optimizer, train_step
+from dive.runtime import Runtime
 
 SWITCHES = {
     "model.use_imputation": ["model.use_imputation=false"],
