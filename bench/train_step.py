@@ -14,7 +14,7 @@ A mode is a '+'-joined set of switches (``eager`` is the empty set):
              (no page faults per step), called before anything is built
     data     end to end: every step first generates its batch (MovingMNIST.batch)
     loader   end to end through the training loop's DataLoader with train.num_workers = 1
-             (dive.engine.train_batches): one process generates batches ahead
+             (dive.runtime.train_batches): one process generates batches ahead
     eval     dive.evaluation.evaluate over the test set, no gradients (sequences/s);
              may be combined with compile / amp / nchw / malloc
     nobase   (with eval) without the two baselines, as the training loop's validation
