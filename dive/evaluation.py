@@ -34,9 +34,9 @@ from torch import Tensor
 
 from .config import Config
 from .elbo import elbo
-from .metrics import (MetricAccumulator, copy_last_baseline, frame_metrics, gather_slots, match_slots,
-                      mean_frame_baseline, pose_centres)
+from .metrics import MetricAccumulator, copy_last_baseline, frame_metrics, mean_frame_baseline
 from .model import forward_batch
+from .slots import gather_slots, match_slots, pose_centres
 
 
 def _score_mask(batch: dict[str, Tensor], cfg: Config) -> Tensor | None:

@@ -26,7 +26,7 @@ from einops import repeat
 from torch import Tensor
 
 from .distributions import gaussian_log_prob
-from .metrics import match_slots, pose_centres
+from .slots import match_slots, pose_centres
 from .nn.tracker import InkTracker
 
 _OVERLAP = 3  # input frames the teacher also tracks, to match its slots to the model's

@@ -23,7 +23,7 @@ from einops import rearrange, repeat
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from dive.metrics import pose_centres
+from dive.slots import pose_centres
 
 Color = tuple[float, float, float]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dive import metrics as M
+from dive import slots as S
 
 
 # --------------------------------------------------------------------------- pixel errors
@@ -221,7 +222,7 @@ def test_presence_scores_without_missing():
 def test_pose_centres():
     pose = torch.tensor([[2.0, 0.0, 0.0], [2.0, -0.5, 1.0], [4.0, 1.0, -2.0]])
     expected = torch.tensor([[0.0, 0.0], [0.25, -0.5], [-0.25, 0.5]])
-    assert torch.allclose(M.pose_centres(pose), expected)
+    assert torch.allclose(S.pose_centres(pose), expected)
 
 
 def test_match_slots_recovers_permutation():
@@ -232,11 +233,11 @@ def test_match_slots_recovers_permutation():
     slots = torch.rand(b, t, k, 2) * 10 + 5  # unused slots far away
     for i in range(b):
         slots[i, :, true_perm[i]] = digits[i] + 0.01 * torch.randn(t, d, 2)
-    perm = M.match_slots(slots, digits)
+    perm = S.match_slots(slots, digits)
     assert perm.shape == (b, d)
     assert torch.equal(perm, true_perm)
     # Reordering slot values by the matching lines them up with the digits.
-    assert torch.allclose(M.gather_slots(slots, perm), digits, atol=0.05)
+    assert torch.allclose(S.gather_slots(slots, perm), digits, atol=0.05)
 
 
 def test_match_slots_weights_and_errors():
@@ -244,18 +245,18 @@ def test_match_slots_weights_and_errors():
     # and swapped in frames 1 and 2.
     digits = torch.tensor([[0.0, 0.0], [1.0, 0.0]]).expand(1, 3, 2, 2)
     slots = torch.tensor([[[0.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]])[None]
-    assert M.match_slots(slots, digits).tolist() == [[1, 0]]
+    assert S.match_slots(slots, digits).tolist() == [[1, 0]]
     # With frames 1 and 2 weighted out, frame 0 decides.
     weights = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1)
-    assert M.match_slots(slots, digits, weights).tolist() == [[0, 1]]
+    assert S.match_slots(slots, digits, weights).tolist() == [[0, 1]]
     with pytest.raises(ValueError):
-        M.match_slots(torch.zeros(1, 3, 1, 2), digits)
+        S.match_slots(torch.zeros(1, 3, 1, 2), digits)
 
 
 def test_match_slots_against_brute_force():
     torch.manual_seed(3)
     slots, digits = torch.rand(4, 3, 3, 2), torch.rand(4, 3, 2, 2)
-    perm = M.match_slots(slots, digits)
+    perm = S.match_slots(slots, digits)
     for i in range(4):
         def cost(p):
             return sum((slots[i, :, p[j]] - digits[i, :, j]).norm(dim=-1).mean().item() for j in range(2))

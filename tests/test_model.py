@@ -194,7 +194,7 @@ def test_posterior_std_init_sets_the_starting_scales(pose_std, app_std):
 
 @pytest.mark.parametrize("n_slots", [2, 3])
 def test_slot_spread_starts_slots_apart(n_slots):
-    from dive.metrics import pose_centres
+    from dive.slots import pose_centres
 
     data = DataConfig(t_in=4, t_out=2)
     spread = make(ModelConfig(n_slots=n_slots, slot_spread=0.5), data).eval()

@@ -8,7 +8,7 @@ import torch
 from dive import config
 from dive.config import DataConfig, ModelConfig
 from dive.data import build_dataset
-from dive.metrics import pose_centres
+from dive.slots import pose_centres
 from dive.model import DIVE, forward_batch
 from dive.teacher import future_targets, future_track_term
 

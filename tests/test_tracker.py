@@ -6,7 +6,7 @@ import torch
 from dive.config import DataConfig, ModelConfig
 from dive.data import build_dataset
 from dive.errors import InputError
-from dive.metrics import gather_slots, match_slots, pose_centres
+from dive.slots import gather_slots, match_slots, pose_centres
 from dive.model import DIVE, forward_batch
 from dive.nn.stn import constrain_pose
 from dive.nn.pose_track import raw_translation, translation_centre
