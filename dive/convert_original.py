@@ -104,9 +104,9 @@ def _original_name(ours: str) -> tuple[str, str]:
     raise CheckpointError(f"no counterpart in the original for parameter {ours!r}")
 
 
-def _unused_in_ours(m: ModelConfig, h: int) -> dict[tuple[str, str], tuple[int, ...]]:
+def _unused_in_ours(m: ModelConfig) -> dict[tuple[str, str], tuple[int, ...]]:
     """Original parameters without a counterpart here, with their shapes (written as zeros)."""
-    a, d = m.app_dim, m.dyn_dim
+    a, d, h = m.app_dim, m.dyn_dim, m.hidden
     out = {("pose_model", "masks_sigma_layer.weight"): (1, h), ("pose_model", "masks_sigma_layer.bias"): (1,),
            ("var_appearance_layer", "weight"): (d, a + h // 4), ("var_appearance_layer", "bias"): (d,)}
     if not m.use_imputation:
@@ -169,7 +169,6 @@ def from_original(nets: dict[str, dict[str, Tensor]], cfg: Config, *, gradients:
 def to_original(state: dict[str, Tensor], cfg: Config, *, gradients: bool = False) -> dict[str, dict[str, Tensor]]:
     """This code's state dict (or gradients) for `cfg` -> the original's per-network state dicts."""
     _check_convertible(cfg.model)
-    h = cfg.model.hidden
     nets: dict[str, dict[str, Tensor]] = {net: {} for net in ORIGINAL_NETS}
     for ours, value in state.items():
         net, name = _original_name(ours)
@@ -181,7 +180,7 @@ def to_original(state: dict[str, Tensor], cfg: Config, *, gradients: bool = Fals
         if ours == "pose.presence_head.bias" and not gradients:
             value = value + PRESENCE_THRESHOLD
         nets[net][name] = value
-    for (net, name), shape in _unused_in_ours(cfg.model, h).items():
+    for (net, name), shape in _unused_in_ours(cfg.model).items():
         nets[net][name] = torch.zeros(shape)
     return nets
 

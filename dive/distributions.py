@@ -30,6 +30,12 @@ _LOG_2PI = math.log(2 * math.pi)
 _U_EPS = 1e-6
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """x in float32, or in its own dtype where that is wider: densities and sums of many terms stay
+    accurate under bfloat16 autocast, and a float64 model keeps float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 # --------------------------------------------------------------------------- Gaussian
 
 

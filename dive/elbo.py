@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from .config import LossConfig
-from .distributions import bernoulli_kl, gaussian_kl, gaussian_log_likelihood
+from .distributions import at_least_float32, bernoulli_kl, gaussian_kl, gaussian_log_likelihood
 from .errors import InputError
 
 
@@ -110,11 +110,6 @@ def _check_values(batch) -> None:
         lo, hi = value.min().item(), value.max().item()
         if lo < 0 or hi > 1:
             raise InputError(f"elbo: batch[{key!r}] must have values in [0, 1], found [{lo:.4g}, {hi:.4g}]")
-
-
-def _wide(x: Tensor) -> Tensor:
-    """x in float32, or in its own dtype where that is wider (a float64 model keeps float64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _blur_matrix(size: int, sigma: float, like: Tensor) -> Tensor:
@@ -184,24 +179,26 @@ def elbo(out, batch: dict[str, Tensor], cfg: LossConfig, *, kl_weight: float = 1
     sigma_x = torch.as_tensor(cfg.likelihood_std, dtype=x.dtype, device=x.device)
 
     # Likelihoods in float32 (or wider) even under autocast: sums of 10^6 terms.
-    xhat, yhat = _wide(out.input_masked), _wide(out.pred)
+    xhat, yhat = at_least_float32(out.input_masked), at_least_float32(out.pred)
     if blur > 0:
-        x, y, xhat, yhat = (gaussian_blur(_wide(a), blur) for a in (x, y, xhat, yhat))
+        x, y, xhat, yhat = (gaussian_blur(at_least_float32(a), blur) for a in (x, y, xhat, yhat))
     ll_input = gaussian_log_likelihood(x, xhat, sigma_x, weight=v)
     ll_future = gaussian_log_likelihood(y, yhat, sigma_x, weight=v if future_mask else None)
 
     t_in = out.presence_logits.shape[1]
-    pose_mu, pose_sigma = _wide(out.pose_mu), _wide(out.pose_sigma)
+    pose_mu, pose_sigma = at_least_float32(out.pose_mu), at_least_float32(out.pose_sigma)
     init_mean = torch.tensor(cfg.init_pose_prior_mean, dtype=pose_mu.dtype, device=x.device)
     init_std = torch.tensor(cfg.init_pose_prior_std, dtype=pose_mu.dtype, device=x.device)
     terms = {
         "ll_input": ll_input,
         "ll_future": ll_future,
-        "kl_app": gaussian_kl(_wide(out.app_mu), _wide(out.app_sigma), 0.0, cfg.app_prior_std).sum(),
+        "kl_app": gaussian_kl(at_least_float32(out.app_mu), at_least_float32(out.app_sigma), 0.0,
+                              cfg.app_prior_std).sum(),
         "kl_pose_input": gaussian_kl(pose_mu[:, :t_in], pose_sigma[:, :t_in], 0.0, cfg.pose_prior_std).sum(),
         "kl_pose_future": gaussian_kl(pose_mu[:, t_in:], pose_sigma[:, t_in:], 0.0, cfg.pose_prior_std).sum(),
-        "kl_init": gaussian_kl(_wide(out.init_mu), _wide(out.init_sigma), init_mean, init_std).sum(),
-        "kl_presence": bernoulli_kl(_wide(out.presence_logits), cfg.presence_prior).sum(),
+        "kl_init": gaussian_kl(at_least_float32(out.init_mu), at_least_float32(out.init_sigma), init_mean,
+                               init_std).sum(),
+        "kl_presence": bernoulli_kl(at_least_float32(out.presence_logits), cfg.presence_prior).sum(),
     }
     weights = {
         "ll_input": 1.0,

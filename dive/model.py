@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .config import DataConfig, ModelConfig
-from .distributions import gaussian_rsample
+from .distributions import at_least_float32, gaussian_rsample
 from .errors import InputError
 from .nn.appearance import AppearanceInference
 from .nn.convnets import FrameEncoder, ObjectDecoder
@@ -49,10 +49,6 @@ class DIVEOutput:
     pose_sigma: Tensor  # (b T k 3)
     init_mu: Tensor  # (b k 3) initial-pose posterior (before constrain_pose)
     init_sigma: Tensor  # (b k 3)
-
-
-def _at_least_float32(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 _NEIGHBOUR_OFFSETS = (-1, -2, 1, 2)  # order of preference when filling a missing frame
@@ -224,7 +220,7 @@ class DIVE(nn.Module):
         else:
             beta, init = post.beta_mu, post.init_mu
         # In float32 even under autocast: bf16 would quantise positions to a fraction of a pixel.
-        raw_pose = _at_least_float32(init).unsqueeze(1) + _at_least_float32(beta).cumsum(dim=1)
+        raw_pose = at_least_float32(init).unsqueeze(1) + at_least_float32(beta).cumsum(dim=1)
         pose = constrain_pose(raw_pose, self.scale_prior, self.scale_range, self.position_margin)  # (b T k 3)
 
         dyn_keep = (noise["app_drop"] >= gamma_app).to(input.dtype) if train else 1.0

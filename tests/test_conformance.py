@@ -57,7 +57,7 @@ def _setting(store, name):
     noise = {k[len(f"{name}/noise/"):]: torch.from_numpy(v).double() for k, v in store.items()
              if k.startswith(f"{name}/noise/")}
     temperature, gamma_app, gamma_imp = store[f"{name}/schedule"].tolist()
-    s = conformance.Setting(name, "", [], batch=batch["input"].shape[0], temperature=temperature,
+    s = conformance.Setting(name, "", [], temperature=temperature,
                             gamma_app=gamma_app, gamma_imp=gamma_imp, app_drop=float(noise["app_drop"]),
                             future_mask=bool(store[f"{name}/future_mask"]))
     ref = {k[len(f"{name}/original/"):]: v for k, v in store.items() if k.startswith(f"{name}/original/")}

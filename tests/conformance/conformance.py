@@ -96,8 +96,7 @@ SMALL = ["data.t_in=7", "data.t_out=2", "model.feat_dim=16", "model.app_dim=8", 
 class Setting:
     name: str
     config: str  # file in configs/
-    overrides: list[str]
-    batch: int = 2
+    overrides: list[str]  # the batch size is train.batch_size (Adam's eps depends on it)
     # schedule values of the training pass; app_drop is the uniform the gamma_app dropout reads
     temperature: float = 0.7
     gamma_app: float = 0.3
@@ -109,7 +108,7 @@ class Setting:
 SETTINGS = {
     "s1": Setting("s1", "s1.toml", SMALL, future_mask=True),
     "s2": Setting("s2", "s2.toml", SMALL),
-    "s3": Setting("s3", "s3.toml", SMALL, app_drop=0.9),
+    "s3": Setting("s3", "s3.toml", SMALL),
     "ddpae": Setting("ddpae", "ddpae.toml", SMALL),
     # 64 x 64 instead of 256 x 256 (the original then needs its pedestrian switch set by hand, see
     # OriginalRun): the same model, constraint and priors at a size whose outputs can be stored.
@@ -129,13 +128,14 @@ def setting_config(s: Setting) -> config_mod.Config:
 
 
 def make_batch(s: Setting, cfg: config_mod.Config) -> dict[str, torch.Tensor]:
-    """Input sequences of the setting: its test set (Moving MNIST), or for pedestrians s2 digits at 256 x 256."""
+    """Input sequences of the setting: its test set (Moving MNIST), or for pedestrians s2 digits at the
+    setting's image size with one input frame blanked."""
+    n = cfg.train.batch_size
     if cfg.data.dataset == "moving_mnist":
-        ds = MovingMNIST(config=cfg.data, split="test", seed=0)
-        b = ds.batch(list(range(s.batch)))
+        b = MovingMNIST(config=cfg.data, split="test", seed=0).batch(list(range(n)))
         return {k: b[k].to(torch.get_default_dtype()) for k in ("input", "target", "visible")}
     small = config_mod.load(ROOT / "configs" / "s2.toml", [f"data.t_in={cfg.data.t_in}", f"data.t_out={cfg.data.t_out}"])
-    b = MovingMNIST(config=small.data, split="test", seed=0).batch(list(range(s.batch)))
+    b = MovingMNIST(config=small.data, split="test", seed=0).batch(list(range(n)))
     b = {k: v.to(torch.get_default_dtype()) for k, v in b.items() if k in ("input", "target")}
     size = cfg.data.image_size
 
@@ -145,7 +145,7 @@ def make_batch(s: Setting, cfg: config_mod.Config) -> dict[str, torch.Tensor]:
 
     x = up(b["input"])
     x[:, 3] = 0  # one blanked input frame, as the pedestrian loader's missing data
-    return {"input": x, "target": up(b["target"]), "visible": torch.ones(s.batch, 1, size, size)}
+    return {"input": x, "target": up(b["target"]), "visible": torch.ones(n, 1, size, size)}
 
 
 @contextlib.contextmanager
@@ -186,9 +186,9 @@ def split_presence(model: DIVE, batch) -> None:
         bias.copy_((bias - (logits[i] + logits[i + 1]) / 2).float())  # float32-exact, as every stored weight
 
 
-def make_noise(model: DIVE, s: Setting) -> dict[str, torch.Tensor]:
+def make_noise(model: DIVE, cfg: config_mod.Config, s: Setting) -> dict[str, torch.Tensor]:
     with default_dtype(torch.float32):  # float32 draws, so that the stored copy is exact
-        noise = model.sample_noise(s.batch, "cpu", generator=torch.Generator().manual_seed(1))
+        noise = model.sample_noise(cfg.train.batch_size, "cpu", generator=torch.Generator().manual_seed(1))
         noise["app_drop"] = torch.tensor([s.app_drop])
     return {k: v.double() for k, v in noise.items()}
 
@@ -207,7 +207,7 @@ def ours(model: DIVE, state, cfg, s: Setting, batch, noise, mlp_slope: float | N
     with torch.no_grad():
         out = model(batch["input"])
     for f in FIELDS:
-        res[f"eval/{f}"] = _field(out, f).numpy()
+        res[f"eval/{f}"] = getattr(out, f).numpy()
 
     model.load_state_dict(state)
     model.train()
@@ -217,7 +217,7 @@ def ours(model: DIVE, state, cfg, s: Setting, batch, noise, mlp_slope: float | N
     e = elbo(out, batch, cfg.loss, future_mask=s.future_mask)
     e.loss.backward()
     for f in FIELDS:
-        res[f"train/{f}"] = _field(out, f).detach().numpy()
+        res[f"train/{f}"] = getattr(out, f).detach().numpy()
     res["ll_input"] = e.terms["ll_input"].detach().double().numpy()
     res["ll_future"] = e.terms["ll_future"].detach().double().numpy()
     res["elbo"] = e.total.detach().double().numpy()
@@ -257,11 +257,6 @@ def ours(model: DIVE, state, cfg, s: Setting, batch, noise, mlp_slope: float | N
     for site, term in kl.items():  # not compared with the original's arrays: see monte_carlo_kl
         res[f"kl/{site}"] = e.terms[term].detach().double().numpy()
     return res
-
-
-def _field(out, f: str) -> torch.Tensor:
-    """A DIVEOutput field, detached."""
-    return getattr(out, f).detach()
 
 
 # ----------------------------------------------------------------------------- the original's side
@@ -346,7 +341,7 @@ def original_opt(cfg: config_mod.Config, s: Setting) -> argparse.Namespace:
     hidden_rows = d.resolved("hidden_rows") if d.dataset == "moving_mnist" else 0
     return argparse.Namespace(
         is_train=True, image_size=[d.image_size, d.image_size], n_channels=d.channels, n_components=m.n_slots,
-        batch_size=s.batch, n_frames_input=d.t_in, n_frames_output=d.t_out, image_latent_size=m.feat_dim,
+        batch_size=cfg.train.batch_size, n_frames_input=d.t_in, n_frames_output=d.t_out, image_latent_size=m.feat_dim,
         appearance_latent_size=m.app_dim, pose_latent_size=3, hidden_size=m.hidden, ngf=m.conv_width,
         var_app_size=m.dyn_dim, with_imputation=m.use_imputation, with_var_appearance=m.use_dynamic_appearance,
         lr_init=1e-3, lr_decay=1, soft_labels=False, gamma_p_app=s.gamma_app, gamma_p_imp=s.gamma_imp,
@@ -888,7 +883,7 @@ def main(argv=None) -> int:
         batch = make_batch(s, cfg)
         split_presence(model, batch)
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        noise = make_noise(model, s)
+        noise = make_noise(model, cfg, s)
         mine = ours(model, state, cfg, s, batch, noise)
 
         def original(edits):
