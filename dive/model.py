@@ -205,14 +205,14 @@ class DIVE(nn.Module):
         feats = rearrange(self.frame_encoder(rearrange(input, "b t c h w -> (b t) c h w")),
                           "(b t) d -> b t d", b=B)
         imp_keep = (noise["imp_drop"] >= gamma_imp).to(input.dtype) if train else None
-        oracle = {}
-        if true_centres is not None:
-            if not isinstance(self.pose, TrackingPoseInference):
-                raise InputError("true_centres is read only by the tracking pose inference "
-                                 "(model.pose_inference = \"track\")")
-            oracle = {"true_centres": true_centres}
-        post = self.pose(feats, input, temperature=temperature, presence_u=noise["presence"] if train else None,
-                         imp_keep=imp_keep, **oracle)
+        sampling = dict(temperature=temperature, presence_u=noise["presence"] if train else None, imp_keep=imp_keep)
+        if isinstance(self.pose, TrackingPoseInference):  # it also reads the frames
+            post = self.pose(feats, input, true_centres=true_centres, **sampling)
+        elif true_centres is not None:
+            raise InputError("true_centres is read only by the tracking pose inference "
+                             "(model.pose_inference = \"track\")")
+        else:
+            post = self.pose(feats, **sampling)
 
         if train:
             beta = gaussian_rsample(post.beta_mu, post.beta_sigma, noise["pose"])

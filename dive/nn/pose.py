@@ -15,6 +15,10 @@ Five stages (reference section 2, "Pose and missingness inference"):
 5. ``initial_pose``: the imputation LSTM's output after frame 0, read across
    slots, gives mean and scale of the initial pose.
 
+Stages 1, 2, 3 and 5 are methods of ``PoseStages``, which both variants build
+on; stage 4 and the order of the stages are the variant's (``PoseInference``
+here, ``TrackingPoseInference`` in dive/nn/pose_track.py).
+
 The model (dive/model.py) samples the Gaussian pose latents; this module only
 samples the presence, because imputation needs it on the way.
 """
@@ -64,9 +68,22 @@ class PosePosterior:
     init_sigma: Tensor  # (b k 3)
 
 
-class PoseInference(nn.Module):
-    def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float,
-                 use_imputation: bool = True, straight_through: bool = False, slot_spread: float = 0.0):
+class PoseStages(nn.Module):
+    """The layers and stages that both pose inference variants are made of (stages 1, 2, 3 and 5).
+
+    A variant (``PoseInference`` below, ``TrackingPoseInference`` in dive/nn/pose_track.py) adds
+    its own rollout and its ``forward``; it replaces nothing built here. The layers sit on the
+    variant itself, not on a submodule, so that parameter names (``pose.enc_fwd.weight_ih_l0``,
+    ...) stay those of checkpoints, of tests/golden and of the conformance mapping
+    (dive/convert_original.py).
+
+    impute_inputs: width of further per-frame inputs the imputation LSTM reads beside e and its
+    presence weight (0 for DIVE's own); rollout_inputs: the same for the prediction LSTM.
+    """
+
+    def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float, *,
+                 use_imputation: bool = True, straight_through: bool = False, impute_inputs: int = 0,
+                 rollout_inputs: int = 0):
         super().__init__()
         self.hidden, self.n_slots, self.t_out = hidden, n_slots, t_out
         self.use_imputation, self.straight_through = use_imputation, straight_through
@@ -79,10 +96,10 @@ class PoseInference(nn.Module):
         self.presence_head = nn.Linear(hidden, 1)
 
         # With imputation the LSTM also reads the presence weight it mixed with.
-        self.impute_cell = nn.LSTMCell(hidden + 1 if use_imputation else hidden, hidden)
+        self.impute_cell = nn.LSTMCell(hidden + (1 if use_imputation else 0) + impute_inputs, hidden)
         if use_imputation:
             self.impute_regression = nn.Linear(hidden, hidden)
-        self.predict_cell = nn.LSTMCell(hidden, hidden)
+        self.predict_cell = nn.LSTMCell(hidden + rollout_inputs, hidden)
         self.beta_mu = nn.Linear(hidden, POSE_DIM)
         self.beta_sigma = nn.Linear(hidden, POSE_DIM)
 
@@ -96,17 +113,6 @@ class PoseInference(nn.Module):
         # first updates would be spent on finding the scale.
         with torch.no_grad():
             self.init_mu.bias.copy_(torch.tensor([scale_prior, 0.0, 0.0]))
-        # Optional learned per-slot offset of the initial-pose mean, started with the slots spread
-        # evenly on a circle of raw radius `slot_spread` around the centre. Without it every slot
-        # starts at the same pose, receives nearly the same gradient and tends to stay on top of
-        # the others (docs/results.md).
-        if slot_spread > 0:
-            angle = 2 * math.pi * torch.arange(n_slots) / n_slots
-            offset = torch.stack([torch.zeros(n_slots), slot_spread * torch.cos(angle),
-                                  slot_spread * torch.sin(angle)], dim=-1)
-            self.init_slot_offset = nn.Parameter(offset)  # (k 3)
-        else:
-            self.init_slot_offset = None
 
     # ----------------------------------------------------------------- stages
 
@@ -136,21 +142,21 @@ class PoseInference(nn.Module):
             return hard_decision(logits)
         return relaxed_bernoulli_rsample(logits, temperature, u=u, straight_through=self.straight_through)
 
-    def impute(self, e: Tensor, weight: Tensor, extra: Tensor | None = None) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
+    def impute(self, e: Tensor, weight: Tensor, inputs: Tensor | None = None) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
         """Imputation LSTM over the input frames, all slots batched.
 
         e (b t k h); weight (b t k): how much of e enters at each frame (the
         presence, times the imputation-dropout keep mask), the rest coming
         from the regression g of the previous state. Frame 0 always reads e.
-        extra (b t k f): further per-frame inputs, appended as they are (the
-        tracking variant's features, dive/nn/pose_track.py); None here.
+        inputs (b t k f): further per-frame inputs (f = impute_inputs), appended
+        as they are.
         Returns the outputs, one ((b k) h) per frame, and the final state.
         """
         B, T, K, H = e.shape
         e = rearrange(e, "b t k h -> t (b k) h")
         weight = rearrange(weight, "b t k -> t (b k) 1")
-        if extra is not None:
-            extra = rearrange(extra, "b t k f -> t (b k) f")
+        if inputs is not None:
+            inputs = rearrange(inputs, "b t k f -> t (b k) f")
         weight = torch.cat([torch.ones_like(weight[:1]), weight[1:]])
         h = c = e.new_zeros(B * K, H)
         outputs = []
@@ -160,11 +166,36 @@ class PoseInference(nn.Module):
                 if t > 0:
                     x = weight[t] * x + (1 - weight[t]) * self.impute_regression(h)
                 x = torch.cat([x, weight[t]], dim=-1)
-            if extra is not None:
-                x = torch.cat([x, extra[t]], dim=-1)
+            if inputs is not None:
+                x = torch.cat([x, inputs[t]], dim=-1)
             h, c = self.impute_cell(x, (h, c))
             outputs.append(h)
         return outputs, (h, c)
+
+    def initial_pose(self, first: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """Imputation output after frame 0 ((b k) h) -> initial-pose mean and scale (b k 3)."""
+        out, _ = self.init_rnn(rearrange(first, "(b k) h -> b k h", b=batch))
+        return self.init_mu(out), positive_scale(self.init_sigma(out))
+
+
+class PoseInference(PoseStages):
+    """DIVE's own pose inference (``model.pose_inference = "sequential"``): the five stages in order."""
+
+    def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float, *,
+                 use_imputation: bool = True, straight_through: bool = False, slot_spread: float = 0.0):
+        super().__init__(feat_dim, hidden, n_slots, t_out, scale_prior, use_imputation=use_imputation,
+                         straight_through=straight_through)
+        # Optional learned per-slot offset of the initial-pose mean, started with the slots spread
+        # evenly on a circle of raw radius `slot_spread` around the centre. Without it every slot
+        # starts at the same pose, receives nearly the same gradient and tends to stay on top of
+        # the others (docs/results.md).
+        if slot_spread > 0:
+            angle = 2 * math.pi * torch.arange(n_slots) / n_slots
+            offset = torch.stack([torch.zeros(n_slots), slot_spread * torch.cos(angle),
+                                  slot_spread * torch.sin(angle)], dim=-1)
+            self.init_slot_offset = nn.Parameter(offset)  # (k 3)
+        else:
+            self.init_slot_offset = None
 
     def rollout(self, state: tuple[Tensor, Tensor]) -> list[Tensor]:
         """Prediction LSTM from each slot's own imputation state, fed its own output; t_out x ((b k) h)."""
@@ -175,21 +206,9 @@ class PoseInference(nn.Module):
             outputs.append(h)
         return outputs
 
-    def initial_pose(self, first: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-        """Imputation output after frame 0 ((b k) h) -> initial-pose mean and scale (b k 3)."""
-        out, _ = self.init_rnn(rearrange(first, "(b k) h -> b k h", b=batch))
-        mu = self.init_mu(out)
-        if self.init_slot_offset is not None:
-            mu = mu + self.init_slot_offset
-        return mu, positive_scale(self.init_sigma(out))
-
-    # ----------------------------------------------------------------- all together
-
-    def forward(self, feats: Tensor, frames: Tensor | None = None, *, temperature: float | Tensor = 1.0,
+    def forward(self, feats: Tensor, *, temperature: float | Tensor = 1.0,
                 presence_u: Tensor | None = None, imp_keep: Tensor | None = None) -> PosePosterior:
         """Frame features (b t_in d) -> PosePosterior.
-
-        frames (b t_in c h w): not read here (the tracking variant reads them).
 
         presence_u (b t_in k): uniforms for the relaxed presence sample
         (training only; drawn if None). imp_keep (b t_in k): 0/1 mask, 0 where
@@ -206,6 +225,8 @@ class PoseInference(nn.Module):
         outputs = outputs + self.rollout(state)
         hidden = rearrange(torch.stack(outputs), "t (b k) h -> b t k h", b=B)
         init_mu, init_sigma = self.initial_pose(outputs[0], B)
+        if self.init_slot_offset is not None:
+            init_mu = init_mu + self.init_slot_offset
         return PosePosterior(
             encoding=e,
             presence_logits=logits,

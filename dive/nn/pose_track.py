@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..distributions import hard_decision
 from .init import dcgan_init_
-from .pose import POSE_DIM, PoseInference, PosePosterior, positive_scale
+from .pose import POSE_DIM, PosePosterior, PoseStages, positive_scale
 from .stn import _S_MARGIN
 from .tracker import InkTracker
 
@@ -72,18 +72,16 @@ def translation_centre(raw: Tensor, scale: Tensor) -> Tensor:
     return -torch.tanh(raw) * (scale - _S_MARGIN) / scale
 
 
-class TrackingPoseInference(PoseInference):
+class TrackingPoseInference(PoseStages):
     def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float, *,
                  image_size: int, use_imputation: bool = True, straight_through: bool = False):
+        # The imputation LSTM also reads the track features; the prediction LSTM also reads the
+        # centre its own increments have reached, and its motion.
         super().__init__(feat_dim, hidden, n_slots, t_out, scale_prior, use_imputation=use_imputation,
-                         straight_through=straight_through)
+                         straight_through=straight_through, impute_inputs=TRACK_FEATURES, rollout_inputs=4)
         self.scale_prior = scale_prior
         self.tracker = InkTracker(n_slots, image_size, scale_prior)
-        # the imputation LSTM also reads the track features
-        self.impute_cell = nn.LSTMCell(self.impute_cell.input_size + TRACK_FEATURES, hidden)
         self.presence_track = nn.Linear(2, 1)
-        # the prediction LSTM also reads the centre its own increments have reached, and its motion
-        self.predict_cell = nn.LSTMCell(hidden + 4, hidden)
         self.future_mu = nn.Linear(hidden, POSE_DIM)
         dcgan_init_(self.future_mu)
         with torch.no_grad():
@@ -121,7 +119,7 @@ class TrackingPoseInference(PoseInference):
                 true_centres: Tensor | None = None) -> PosePosterior:
         """Frame features (b t_in d) and the frames (b t_in c h w) -> PosePosterior.
 
-        As ``PoseInference.forward``; true_centres (b t_in k 2): diagnostic
+        The other arguments as ``PoseInference.forward``; true_centres (b t_in k 2): diagnostic
         only, the true centres replace the tracked ones.
         """
         B, T_in = feats.shape[:2]
@@ -133,8 +131,8 @@ class TrackingPoseInference(PoseInference):
         logits = self.presence_logits(e) + self.presence_track(seen.to(e.dtype)).squeeze(-1)
         m = self.sample_presence(logits, temperature, presence_u)
         weight = m if imp_keep is None else m * imp_keep
-        extra = torch.cat([centres, _VELOCITY_GAIN * velocity, seen], dim=-1).to(e.dtype)  # (b t k 6)
-        outputs, state = self.impute(e, weight, extra)
+        features = torch.cat([centres, _VELOCITY_GAIN * velocity, seen], dim=-1).to(e.dtype)  # (b t k 6)
+        outputs, state = self.impute(e, weight, features)
         init_mu, init_sigma = self.initial_pose(outputs[0], B)
         hidden_in = rearrange(torch.stack(outputs), "t (b k) h -> b t k h", b=B)
         correction = self.beta_mu(hidden_in)  # (b t_in k 3)
