@@ -415,7 +415,7 @@ def validate(cfg: Config) -> Config:
     _require(d.test_size >= 1, "data.test_size", d.test_size, "at least 1")
     _require(d.frame_stride >= 1, "data.frame_stride", d.frame_stride, "at least 1")
     _require(d.max_drift >= 0, "data.max_drift", d.max_drift, ">= 0")
-    _require(0 <= d.num_blanked < d.t_in, "data.num_blanked", d.num_blanked, f"between 0 and t_in - 1")
+    _require(0 <= d.num_blanked < d.t_in, "data.num_blanked", d.num_blanked, "between 0 and t_in - 1")
 
     _require(m.n_slots >= 1, "model.n_slots", m.n_slots, "at least 1")
     for key in ("feat_dim", "app_dim", "hidden", "dyn_dim", "conv_width"):
