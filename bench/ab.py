@@ -8,7 +8,7 @@ its step), so the comparison is of the code as each version has it. A
 throwaway worker is built first, and the checkouts' workers are built in the
 order given; run a comparison in both orders (a second call with the
 checkouts swapped) before trusting a difference of a few percent: on the
-2-core machines of docs/performance.md the first workers built in a run were
+2-core machines of docs/studies/speed-round-intel-xeon.md the first workers built in a run were
 sometimes slower whatever their code. Rounds then ask every worker for one
 step in turn, the order rotated every round. Reported per (mode, batch):
 each checkout's median step, its ratio to the first checkout's, and its

@@ -23,7 +23,7 @@ alone, the variants interleaved round by round:
 
 The sum over the layers is a floor for the whole step in that form: the
 step runs every one of these layers once forward and once backward
-(docs/performance.md compares it with what a target step time allows).
+(docs/studies/2026-12-06-conv-layers-floor.md compares it with what a target step time allows).
 Medians of the rounds, milliseconds.
 """
 

@@ -7,7 +7,7 @@ tensors of the same sizes are fresh pages, and every 4 KiB page is zeroed
 and mapped again on first touch. A training step of the s3 model at batch 64
 took some 50,000 such faults (about 200 MiB) per step; on a virtual machine,
 where a fault can also exit to the hypervisor, that is a measurable part of
-the step (docs/performance.md).
+the step (docs/studies/speed-round-first-amd-epyc.md).
 
 `retain_freed_memory` tells glibc to serve every block from the heap (no
 ``mmap`` per block) and to trim the heap only when more than 2 GiB of it is

@@ -102,7 +102,7 @@ def build_optimizer(model: nn.Module, cfg: Config, world: int = 1) -> torch.opti
 
     The per-parameter loop of the default implementation launches some ten
     small ops per tensor (95 tensors): 6.5 ms per step on a 2-core CPU
-    against 1.3 ms fused (docs/performance.md). Same update to float rounding.
+    against 1.3 ms fused (docs/studies/speed-round-intel-xeon.md). Same update to float rounding.
     """
     kwargs = dict(lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=adam_eps(cfg, world))
     try:

@@ -74,7 +74,7 @@ def validate(writer, model: DIVE, val_set, cfg: Config, device: torch.device, st
         "nelbo": metrics["nelbo"], "missing_f1": metrics["missing"]["f1"],
     }
     # pixels from each digit to its matched slot (Moving MNIST only): a run's slots have split
-    # from the pair's midpoint once this falls below ~4 px (docs/results.md)
+    # from the pair's midpoint once this falls below ~4 px (docs/studies/s2-track-three-seeds.md)
     track = metrics["tracking_px"]
     if track["input"] is not None:
         flat.update(tracking_input_px=track["input"], tracking_future_px=track["future"])

@@ -5,7 +5,7 @@ ELBO trains the future poses only through the spatial transformer: the
 gradient of the future frames' likelihood with respect to a pose says
 something only while the drawn digit overlaps the true one, so the rollout
 learns the motion (bounces off the walls included) slowly, and until it has,
-its digits are drawn in the wrong places (docs/results.md). In training the
+its digits are drawn in the wrong places (docs/studies/tracking-recipe-screening.md). In training the
 future frames are known, so the tracker (dive/nn/tracker.py) can follow the
 digits through them as well. This term treats its centres as noisy
 observations of the future poses' centres:

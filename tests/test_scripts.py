@@ -162,7 +162,7 @@ def test_bad_override_and_missing_checkpoint(tmp_path: Path):
 
 
 def test_fast_recipe_trains_a_few_steps(tmp_path: Path):
-    """configs/s2_fast.toml (the earlier CPU recipe, docs/results.md) as shipped, with a tiny batch."""
+    """configs/s2_fast.toml (the earlier CPU recipe, docs/studies/s2-fast-recipe.md) as shipped, with a tiny batch."""
     out = tmp_path / "fast"
     run("train.py", "--config", str(ROOT / "configs" / "s2_fast.toml"), "--out", str(out), "--device", "cpu",
         "--stop-after", "3", "--set", "train.batch_size=2", "--set", "train.eval_every=3",

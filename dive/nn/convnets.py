@@ -73,7 +73,7 @@ class _SpaceToDepthConv(nn.Conv2d):
     values. oneDNN's kernels for a one-channel channels-last input are slow:
     forward + backward at batch 64 on a 2-core Intel Xeon, 34 -> 15 ms for
     the frame encoder (64 x 64, no input gradient), 28 -> 14 ms for the
-    object encoder (32 x 32, with one) (docs/performance.md).
+    object encoder (32 x 32, with one) (docs/studies/speed-round-intel-xeon.md).
     """
 
     def forward(self, x: Tensor) -> Tensor:

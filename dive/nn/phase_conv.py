@@ -4,7 +4,7 @@ The decoder (dive/nn/convnets.py) doubles its map with these layers. On CPU
 oneDNN serves a forward convolution well and a transposed one (its
 backward-data kernel) slowly when the output has few channels: at batch 64
 on a 2-core AMD EPYC the decoder's 16 -> 8 transposed conv took 22 ms
-forward, and an encoder conv of the same size 4-5 ms (docs/performance.md).
+forward, and an encoder conv of the same size 4-5 ms (docs/studies/2026-12-06-speed-round-amd-epyc.md).
 Here it runs as forward convolutions only.
 
 The transposed conv by output phase. Its output pixel 2m + p - 1 (padding

@@ -188,7 +188,7 @@ class PoseInference(PoseStages):
         # Optional learned per-slot offset of the initial-pose mean, started with the slots spread
         # evenly on a circle of raw radius `slot_spread` around the centre. Without it every slot
         # starts at the same pose, receives nearly the same gradient and tends to stay on top of
-        # the others (docs/results.md).
+        # the others (docs/studies/s2-fast-screening.md).
         if slot_spread > 0:
             angle = 2 * math.pi * torch.arange(n_slots) / n_slots
             offset = torch.stack([torch.zeros(n_slots), slot_spread * torch.cos(angle),

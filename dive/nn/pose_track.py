@@ -10,7 +10,7 @@ stay comparable (docs/model.md, "Tracking pose inference").
 Why: in DIVE's pose path every slot regresses its increments from one global
 feature per frame. To follow "its" digit a slot must first learn an order of
 the digits, and until it has (17k-30k steps on s2) both slots draw a blur of
-the pair at its midpoint (docs/results.md). Here an ink tracker
+the pair at its midpoint (docs/studies/s2-fast-recipe.md). Here an ink tracker
 (dive/nn/tracker.py) gives every slot k a centre c[t, k] on every input
 frame, and:
 

@@ -161,7 +161,7 @@ def compose(objects: Tensor, pose: Tensor, weight: Tensor, out_size: int, min_sc
     smaller canvas) without the k full-size images in between: each window
     is added into its frame by one ``scatter_add``. On a training step this
     saves the (b T k c H W) slot images, their product with the presence,
-    and the backward passes of both and of the sum (docs/performance.md).
+    and the backward passes of both and of the sum (docs/studies/speed-round-intel-xeon.md).
     """
     n, k = objects.shape[:2]
     weighted = rearrange(objects * weight[..., None, None, None].to(objects.dtype), "n k c h w -> (n k) c h w")
