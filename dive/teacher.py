@@ -17,6 +17,14 @@ ink share and template match above 0.6), and it is added to the ELBO. The
 tracker follows the last 3 input frames and the future frames in one pass,
 and its slots are matched to the model's on those 3 input frames.
 Evaluation (NELBO, metrics) never includes it.
+
+Why the 3 input frames are tracked a second time: the pose inference's track
+of the input frames cannot simply be continued into the future. The tracker
+runs both ways over its clip and takes each slot's template from the slot's
+best frame, so adding the future frames to its clip would change the
+positions it gives on the input frames, which must come from the input
+alone, as at evaluation. The overlap (13 frames tracked here instead of 10)
+is what ties this pass's slots to the model's.
 """
 
 from __future__ import annotations
