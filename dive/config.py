@@ -187,6 +187,9 @@ class TrainConfig:
     eval_size: int = 128
     ckpt_every: int = 1000
     max_nonfinite: int = 10  # consecutive skipped steps before training stops
+    # Under torchrun: seconds a rank waits in a collective for the others before the job stops (a rank
+    # that died or hangs); torch's own default is 30 minutes.
+    dist_timeout: float = 300.0
 
 
 @dataclass
@@ -478,6 +481,7 @@ def validate(cfg: Config) -> Config:
     _require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 = off)")
     _require(t.adam_eps >= 0, "train.adam_eps", t.adam_eps, ">= 0 (0 = the original's, 1e-8 on the unscaled loss)")
     _require(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0")
+    _require(t.dist_timeout > 0, "train.dist_timeout", t.dist_timeout, "> 0 seconds")
     for key in ("log_every", "image_every", "eval_every", "eval_size", "ckpt_every", "max_nonfinite"):
         _require(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "at least 1")
     return cfg

@@ -27,9 +27,10 @@ from .compile import compile_model, resolve_mode
 from .config import Config, architecture_diff, dumps_toml, to_dict
 from .data import build_dataset
 from .data.common import atomic_write
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, DIVEError, TrainingError
 from .model import DIVE
 from .objective import batch_loss
+from .runlock import RunLock
 from .runlog import append_jsonl, trim_jsonl, validate, write_images, write_scalars
 from .runtime import Runtime, setup_runtime, step_generator, to_device, train_batches
 
@@ -148,10 +149,57 @@ def config_changes(old: Config, new: Config) -> list[str]:
 
 def train(cfg: Config, opts: Options) -> State:
     """Train `cfg` into run folder `opts.out` (resuming from its latest.pt when `opts.resume`)."""
-    rt = setup_runtime(opts.device)
+    rt = setup_runtime(opts.device, cfg.train.dist_timeout)
     if rt.device.type == "cpu":
         retain_freed_memory()  # freed tensors stay in the process: no page faults per step (docs/performance.md)
     out = Path(opts.out)
+    # --resume of a folder that does not exist is check_resume's error; nothing is created for it
+    lock = _lock_run_folder(out, rt) if not (opts.resume and not out.is_dir()) else None
+    try:
+        return _train(cfg, opts, rt, out)
+    except RuntimeError as e:
+        if not rt.distributed or isinstance(e, DIVEError):
+            raise
+        raise _lost_ranks(e, rt, out) from e
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lost_ranks(e: RuntimeError, rt: Runtime, out: Path) -> TrainingError:
+    """A collective failed: another rank died, hangs past train.dist_timeout, or lost its connection."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    latest = out / "latest.pt"
+    try:
+        kept = f"{latest} (step {checkpoint.load(latest)['step']})"
+    except (CheckpointError, OSError, KeyError):
+        kept = "no checkpoint yet"
+    return TrainingError(f"rank {rt.rank} of {rt.world}: lost the other ranks ({type(e).__name__}: {reason}); "
+                         f"a rank died or hung past train.dist_timeout. Last checkpoint: {kept}; continue with "
+                         f"--resume {out}")
+
+
+def _lock_run_folder(out: Path, rt: Runtime) -> RunLock | None:
+    """The main rank's lock on the run folder (dive/runlock.py); every rank raises if it is refused."""
+    lock, refusal = None, None
+    if rt.is_main:
+        lock = RunLock(out)
+        try:
+            note = lock.acquire()
+            if note:
+                _log(rt, note)
+        except TrainingError as e:
+            lock, refusal = None, str(e)
+    if rt.distributed:
+        box = [refusal]
+        dist.broadcast_object_list(box, src=0)
+        refusal = box[0]
+    if refusal is not None:
+        raise TrainingError(refusal if rt.is_main else f"rank {rt.rank}: rank 0 refused the run folder: {refusal}")
+    return lock
+
+
+def _train(cfg: Config, opts: Options, rt: Runtime, out: Path) -> State:
     resume_state, changes = check_resume(out, cfg) if opts.resume else (None, [])
     for change in changes:
         _log(rt, f"resume: config change {change}")

@@ -15,6 +15,7 @@ last bits).
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -54,8 +55,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_runtime(device_name: str) -> Runtime:
-    """Single process, or one rank of a torchrun job (detected from its environment)."""
+def setup_runtime(device_name: str, timeout: float = 300.0) -> Runtime:
+    """Single process, or one rank of a torchrun job (detected from its environment).
+
+    timeout: seconds a collective waits for the other ranks before it fails (train.dist_timeout).
+    """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Runtime(device=resolve_device(device_name))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -65,7 +69,8 @@ def setup_runtime(device_name: str) -> Runtime:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout))
     return Runtime(device=device, rank=rank, world=world, local_rank=local_rank)
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import json
 import os
 import pathlib
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -540,3 +542,134 @@ def _import_train():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ----------------------------------------------------------------- one process per run folder
+
+def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path):
+    from dive.runlock import RunLock
+    first = RunLock(tmp_path / "run")
+    assert first.acquire() is None  # a new folder: nothing taken over
+    with pytest.raises(TrainingError, match=rf"run folder .*run is in use by another training process "
+                                            rf"\(pid {os.getpid()} on .*; wait for it to end"):
+        RunLock(tmp_path / "run").acquire()  # flock locks conflict across open files, also in one process
+    first.release()
+    assert (tmp_path / "run" / ".lock").read_text() == ""  # a clean end leaves no record
+    second = RunLock(tmp_path / "run")
+    assert second.acquire() is None
+    second.release()
+
+
+def test_second_training_process_on_a_run_folder_is_refused_and_a_killed_holder_taken_over(tmp_path: Path,
+                                                                                         capsys):
+    out = tmp_path / "run"
+    args = [*FAULT_ARGS, "--set", "train.steps=100000"]
+    holder = subprocess.Popen([sys.executable, "train.py", *args, "--out", str(out)], cwd=ROOT, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    refusal = f"run folder {out} is in use by another training process (pid {holder.pid} on"
+    try:
+        _wait_for(lambda: _logged_steps(out) >= 2, holder, "step 2")
+        proc = run("train.py", *args, "--out", str(out), check=False)  # the same --out twice
+        assert_clean_refusal(proc, refusal, "train.py", "train into another --out")
+        cfg = checkpoint.config_of(checkpoint.load(out / "latest.pt"))
+        with pytest.raises(TrainingError, match=re.escape(refusal)):  # --resume while it runs
+            engine.train(cfg, Options(out=out, device="cpu", resume=True, quiet=True, stop_after=1))
+        assert holder.poll() is None
+        steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()[:-1]]
+        assert steps == list(range(1, len(steps) + 1))  # one writer: no step logged twice, none trimmed
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    assert holder.returncode == -signal.SIGKILL
+    capsys.readouterr()
+    engine.train(cfg, Options(out=out, device="cpu", resume=True, quiet=True, stop_after=1))
+    assert f"took over {out} from a training process that is gone (pid {holder.pid} on" in capsys.readouterr().out
+    engine.train(cfg, Options(out=out, device="cpu", resume=True, quiet=True, stop_after=1))
+    assert "took over" not in capsys.readouterr().out  # the previous run ended cleanly
+
+
+# ----------------------------------------------------------------- a rank that dies under torchrun
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
+def test_a_killed_torchrun_rank_stops_the_job_in_bounded_time_and_resume_continues(tmp_path: Path):
+    out = tmp_path / "ddp"
+    args = [*FAULT_ARGS, "--set", "train.steps=100000", "--set", "train.dist_timeout=20", "--out", str(out)]
+    job = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: _logged_steps(out) >= 3, job, "step 3")
+        victim = next(p for p in _descendants(job.pid) if _rank_of(p) == 1 and "train.py" in
+                      Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, stderr = job.communicate(timeout=120)
+        took = time.monotonic() - killed
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+    assert job.returncode != 0
+    assert took < 60, f"the job took {took:.0f} s to stop after rank 1 was killed"
+    assert "rank: 1" in stderr and "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]
+    saved = checkpoint.load(out / "latest.pt")["step"]
+    cfg = checkpoint.config_of(checkpoint.load(out / "latest.pt"))
+    engine.train(cfg, Options(out=out, device="cpu", resume=True, quiet=True, stop_after=2))
+    assert checkpoint.load(out / "latest.pt")["step"] == saved + 2  # resumed where the checkpoint was
+    print(f"rank 1 killed at step {saved}+; the job stopped {took:.1f} s later; resumed at step {saved}")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
+def test_a_hung_torchrun_rank_ends_the_others_after_dist_timeout_with_a_message(tmp_path: Path):
+    out = tmp_path / "ddp"
+    args = [*FAULT_ARGS, "--set", "train.steps=100000", "--set", "train.dist_timeout=5", "--out", str(out)]
+    job = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: _logged_steps(out) >= 3, job, "step 3")
+        victim = next(p for p in _descendants(job.pid) if _rank_of(p) == 1 and "train.py" in
+                      Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
+        rank0 = next(p for p in _descendants(job.pid) if _rank_of(p) == 0)
+        os.kill(victim, signal.SIGSTOP)  # alive, connections open, never answers
+        stopped = time.monotonic()
+        while Path(f"/proc/{rank0}").exists() and time.monotonic() - stopped < 60:
+            time.sleep(0.1)
+        took = time.monotonic() - stopped
+        os.kill(victim, signal.SIGCONT)  # so that torchrun's SIGTERM ends it at once
+        stdout, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+    assert job.returncode != 0
+    assert took < 30, f"rank 0 waited {took:.0f} s for a hung rank 1 (train.dist_timeout = 5 s)"
+    assert "rank 0 of 2: lost the other ranks" in stderr and f"continue with --resume {out}" in stderr, stderr[-3000:]
+    print(f"rank 1 stopped (SIGSTOP); rank 0 gave up {took:.1f} s later")
