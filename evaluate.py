@@ -7,8 +7,10 @@
 
 Writes metrics.json, results.md (the authors' table layout), per_frame.png and,
 for a few sequences, examples/seq_NNN.png grids and .gif animations. With
---input it writes output.npz (imputed reconstruction, prediction, slots,
-poses, presence) and the pictures instead.
+--input (an array or a folder of PNG frames, any length of at least t_in
+frames) it runs on the video's windows of t_in frames and writes output.npz
+(imputed reconstruction, prediction, slots, poses, presence, each window's
+first frame) and the pictures instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dive import checkpoint
 from dive.allocator import retain_freed_memory
 from dive.config import ConfigError
 from dive.data import DataError, build_dataset, load_test_set
+from dive.data.common import from_uint8
+from dive.data.videos import clip_frames, read_clip
 from dive.engine import build_model
 from dive.errors import DIVEError
 from dive.evaluation import evaluate, picture_inputs
@@ -43,8 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, help="evaluate only the first N test sequences (default: all)")
     p.add_argument("--test-set", type=Path, help="a test set written by dive.data.save_test_set (.npz)")
     p.add_argument("--input", type=Path,
-                   help="your own observed frames (.npy, shape (T_in, H, W), (T_in, C, H, W) or "
-                        "(B, T_in, C, H, W), values in [0, 1] or uint8): writes imputed and predicted frames")
+                   help="your own video: .npy or .npz (T, H, W), (T, C, H, W) or (T, H, W, C), or a folder of "
+                        "numbered PNG frames; any size, at least t_in frames, values in [0, 1] or uint8. Runs "
+                        "on its windows of t_in frames; writes imputed and predicted frames")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--examples", type=int, default=4, help="sequences drawn as PNG grid + GIF (default 4)")
@@ -59,41 +64,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_video(path: Path, cfg) -> torch.Tensor:
-    """A user's observed frames as float32 (b t_in c h w) in [0, 1], validated against the model's config.
+def load_video(path: Path, cfg) -> tuple[torch.Tensor, list[int], int]:
+    """A user's video as windows of the model's t_in frames: float32 (b t_in c s s) in [0, 1], the first
+    frame of each window, and the video's length.
 
-    Read without pickle; the DataError for a wrong file says what was expected and what was found.
+    A video is an .npy or .npz array (T, H, W), (T, C, H, W) or (T, H, W, C), or a folder of numbered PNG
+    frames, of any size (fitted into the model's frame, dive/data/videos.py) and at least t_in frames;
+    its windows are frames [0, t_in), [t_in, 2 t_in), ... (frames after the last full window are not
+    used). An .npy of shape (B, t_in, C, S, S) is B windows as they are. Read without pickle; a DataError
+    says what was expected and what was found.
     """
     d = cfg.data
-    if not path.is_file():
-        raise DataError(f"--input {path}: file not found")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:  # pickled (object) arrays are refused here, unread
-        raise DataError(f"--input {path}: not a plain .npy array of numbers ({e})") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        arr.close()
-        raise DataError(f"--input {path}: expected a .npy array, got an .npz archive")
-    orig_shape = tuple(arr.shape)
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    elif not np.issubdtype(arr.dtype, np.floating):
-        raise DataError(f"--input {path}: expected float or uint8 values, got dtype {arr.dtype}")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim == 4:
-        arr = arr[None]
-    expected = (d.t_in, d.channels, d.image_size, d.image_size)
-    if arr.ndim != 5 or tuple(arr.shape[1:]) != expected:
-        raise DataError(f"--input {path}: expected frames of shape (B, {', '.join(map(str, expected))}) "
-                        f"(or without B / C), got {orig_shape}")
-    if arr.shape[0] < 1:
-        raise DataError(f"--input {path}: holds no video (shape {orig_shape})")
-    if not np.isfinite(arr).all():
-        raise DataError(f"--input {path}: contains NaN or infinite values")
-    if arr.min() < 0 or arr.max() > 1:
-        raise DataError(f"--input {path}: values must lie in [0, 1], found [{arr.min():.3g}, {arr.max():.3g}]")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    arr = read_clip(path)
+    if arr.ndim == 5:
+        expected = (d.t_in, d.channels, d.image_size, d.image_size)
+        if tuple(arr.shape[1:]) != expected:
+            raise DataError(f"--input {path}: a 5-D array is a batch of windows (B, {', '.join(map(str, expected))}), "
+                            f"got {tuple(arr.shape)}")
+        if arr.shape[0] < 1:
+            raise DataError(f"--input {path}: holds no video (shape {tuple(arr.shape)})")
+        windows = torch.stack([from_uint8(clip_frames(a, f"--input {path}", d.channels, d.image_size,
+                                                      channels_first=True)) for a in arr])
+        return windows, [0] * arr.shape[0], d.t_in
+    channels_first = arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[3] not in (1, 3)
+    frames = from_uint8(clip_frames(arr, f"--input {path}", d.channels, d.image_size, min_frames=d.t_in,
+                                    channels_first=channels_first))
+    starts = list(range(0, frames.shape[0] - d.t_in + 1, d.t_in))
+    return torch.stack([frames[s:s + d.t_in] for s in starts]), starts, frames.shape[0]
 
 
 def results_table(metrics: dict) -> str:
@@ -120,6 +117,16 @@ def results_table(metrics: dict) -> str:
     if track.get("input") is not None:
         notes.append(f"Tracking: a digit's centre is {track['input']:.2f} px from its slot's centre on the input "
                      f"frames where it is visible, {track['future']:.2f} px on the predicted frames.")
+    objects = metrics.get("objects")
+    if objects:
+        def fmt(v, spec=".3f"):
+            return "-" if v is None else format(v, spec)
+        notes += ["", "Slots as objects (input frames / predicted frames):", "",
+                  "| | MOTA | MOTP px | IDF1 | ID switches | FG-ARI | mIoU |", "|---|---|---|---|---|---|---|"]
+        for part in ("input", "future"):
+            o = objects[part]
+            notes.append(f"| {part} | {fmt(o['mota'])} | {fmt(o['motp_px'], '.2f')} | {fmt(o['idf1'])} | "
+                         f"{o['id_switches']} | {fmt(o['fg_ari'])} | {fmt(o['miou'])} |")
     return "\n".join(lines + notes) + "\n"
 
 
@@ -147,15 +154,19 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
 
         if args.input is not None:
-            video = load_video(args.input, cfg).to(device)
+            video, starts, length = load_video(args.input, cfg)
+            video = video.to(device)
             with torch.no_grad():
                 out = model(video)
             np.savez_compressed(
                 args.out / "output.npz", reconstruction=out.input_rec.cpu().numpy(),
                 prediction=out.pred.cpu().numpy(), slots=out.slots.cpu().numpy(), pose=out.pose.cpu().numpy(),
                 presence_prob=torch.sigmoid(out.presence_logits).cpu().numpy(),
-                presence=out.presence_hard.cpu().numpy())
+                presence=out.presence_hard.cpu().numpy(), window_start=np.array(starts))
             write_pictures(args.out, {"input": video}, out, args.examples)
+            t_in, used = cfg.data.t_in, starts[-1] + cfg.data.t_in
+            print(f"{args.input}: {length} frames; {len(starts)} window(s) of {t_in} input frames, "
+                  f"frames 0-{used - 1}" + (f" (frames {used}-{length - 1} not used)" if used < length else ""))
             print(f"wrote {args.out / 'output.npz'} and pictures in {args.out / 'examples'}")
             return 0
 

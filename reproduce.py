@@ -18,9 +18,10 @@ A row trains into OUT/runs/ROW-RECIPE-BUDGET-seedS (plus a short hash of the
 checkpoint the run continues from it, so a killed command is simply run
 again. Then the row's latest.pt is scored on the scenario's fixed test set
 (OUT/runs/.../metrics.json) and OUT/table.json and OUT/table.md are
-rewritten: every metric of the authors' table, presence F1 and tracking,
-the published numbers (dive/published.py) and the differences, with the
-budget, device and time of each row. A row already in table.json at the
+rewritten: every metric of the authors' table, presence F1, tracking, the
+object-level scores (MOTA, IDF1, FG-ARI), the published numbers
+(dive/published.py) and the differences, with the budget, device and time
+of each row. A row already in table.json at the
 same recipe, budget and seed is not run again.
 """
 
@@ -145,7 +146,8 @@ def record(row: Row, recipe: str, budget: str, seed: int, cfg_file: str, cfg: co
         "train_minutes": metrics["train_seconds"] / 60, "wall_minutes": wall / 60, "command": command,
         "num_sequences": metrics["num_sequences"],
         "metrics": {"rec": metrics["rec"], "pred": metrics["pred"], "nelbo": metrics["nelbo"],
-                    "presence_f1": metrics["missing"].get("f1"), "tracking_px": metrics["tracking_px"]},
+                    "presence_f1": metrics["missing"].get("f1"), "tracking_px": metrics["tracking_px"],
+                    "objects": metrics.get("objects")},
         "baselines": metrics.get("baselines", {}),
     }
     if row.scenario == "pedestrians":
@@ -159,10 +161,22 @@ def _fmt(value, key: str) -> str:
     return f"{value:.3f}" if key == "ssim" else f"{value:.2f}"
 
 
+def _objects_text(objects: dict | None) -> str:
+    """'MOTA, IDF1, FG-ARI' as input / future pairs; '-' for rows scored before these metrics existed."""
+    if not objects:
+        return "-"
+    parts = []
+    for key in ("mota", "idf1", "fg_ari"):
+        a, b = objects["input"].get(key), objects["future"].get(key)
+        parts.append("-" if a is None or b is None else f"{a:.2f} / {b:.2f}")
+    return ", ".join(parts)
+
+
 def table_markdown(table: dict) -> str:
     """OUT/table.md: each row's metrics next to the published ones, with the differences."""
     head = ("| row | recipe, budget, seed | what | " + " | ".join(f"{k.upper()} {s.capitalize()}" for k, s in METRICS)
-            + " | NELBO | presence F1 | tracking px (input / future) | steps | train min | device |")
+            + " | NELBO | presence F1 | tracking px (input / future) | MOTA, IDF1, FG-ARI (input / future)"
+            + " | steps | train min | device |")
     lines = [
         "# Our rows next to the authors' table",
         "",
@@ -173,7 +187,7 @@ def table_markdown(table: dict) -> str:
         "rows with the same std.",
         "",
         head,
-        "|" + "---|" * (len(METRICS) + 9),
+        "|" + "---|" * (len(METRICS) + 10),
     ]
     baselines = {}
     for key in sorted(table["rows"], key=lambda k: (table["rows"][k]["scenario"], table["rows"][k]["model"], k)):
@@ -183,6 +197,7 @@ def table_markdown(table: dict) -> str:
         track_text = ("-" if track.get("input") is None
                       else f"{track['input']:.1f} / {track['future']:.1f}")
         f1 = "-" if m.get("presence_f1") is None else f"{m['presence_f1']:.3f}"
+        objects_text = _objects_text(m.get("objects"))
         setting = f"{r['recipe']}, {r['budget']}, seed {r['seed']}" + "".join(
             f", `{o}`" for o in r.get("overrides", []))
         if r["scenario"] == "pedestrians":
@@ -196,12 +211,13 @@ def table_markdown(table: dict) -> str:
             diff = [_fmt(m[s][k] - pub[s][k], k) if pub else "-" for k, s in METRICS]
             pub_nelbo = pub["nelbo"] if pub else None
         lines.append(f"| {r['row']} | {setting} | ours | " + " | ".join(ours)
-                     + f" | {m['nelbo']:.3f} | {f1} | {track_text} | {r['steps']} | {r['train_minutes']:.1f}"
+                     + f" | {m['nelbo']:.3f} | {f1} | {track_text} | {objects_text} | {r['steps']}"
+                     + f" | {r['train_minutes']:.1f}"
                      + f" | {r['device']}, {r['threads']} thread{'s' if r['threads'] != 1 else ''} |")
         lines.append(f"| {r['row']} | | published | " + " | ".join(theirs)
-                     + f" | {_fmt(pub_nelbo, 'nelbo')} | | | | | |")
+                     + f" | {_fmt(pub_nelbo, 'nelbo')} | | | | | | |")
         lines.append(f"| {r['row']} | | difference | " + " | ".join(diff)
-                     + f" | {_fmt(None if pub_nelbo is None else m['nelbo'] - pub_nelbo, 'nelbo')} | | | | | |")
+                     + f" | {_fmt(None if pub_nelbo is None else m['nelbo'] - pub_nelbo, 'nelbo')} | | | | | | |")
         if r["scenario"] != "pedestrians" and r.get("baselines"):
             baselines.setdefault(r["scenario"], (r["num_sequences"], r["baselines"]))
     if baselines:

@@ -63,7 +63,8 @@ Method, chosen to be honest on a small noisy machine:
   between rounds, same threads.
 * Evaluation: sequences per second of dive.evaluation.evaluate(model, test set,
   batch_size=64) on the first ``--eval-n`` test sequences, generated on the fly
-  as evaluate.py does, with every metric and the baselines.
+  as evaluate.py does, with every metric and the baselines except the object-level scores
+  (dive/object_metrics.py, left out so that figures stay comparable with the earlier rounds).
 
 ``--json`` prints one object; every timed configuration in ``results`` has
 ``batch``, ``mode``, ``median_s`` (seconds per step, or per evaluation batch
@@ -254,7 +255,7 @@ class Worker:
         from dive.evaluation import evaluate
 
         evaluate(self.step_model, self.test_set, self.cfg, n=self.eval_n, batch_size=64, device=self.device,
-                 amp=self.amp, baselines="nobase" not in self.switches)
+                 amp=self.amp, baselines="nobase" not in self.switches, objects=False)
         self.step += 1
 
     def count_flops(self) -> int | None:

@@ -53,7 +53,7 @@ class DataConfig:
     scenario's value (`SCENARIO_PRESETS`); set them to override it.
     """
 
-    dataset: str = "moving_mnist"  # "moving_mnist" | "pedestrians"
+    dataset: str = "moving_mnist"  # "moving_mnist" | "pedestrians" | "videos" (your own clips, dive/data/videos.py)
     scenario: str = "s3"  # s1 | s2 | s3 | none (Moving MNIST only)
     # Digits: "embedded" (10k digits shipped with the package), "full" (60k via
     # torchvision download into `mnist_root`), or a path to an idx images file.
@@ -75,7 +75,7 @@ class DataConfig:
     test_seed: int = 0  # the fixed test set
     val_seed: int = 1  # validation set used during training (drawn from the test pool)
     test_size: int = 1024
-    # Pedestrians (MOTSChallenge crops): folder of seq_* folders.
+    # Pedestrians (MOTSChallenge crops): folder of seq_* folders; videos: folder of clips.
     root: str = ""
     cache_dir: str = ""  # "" = <root>/.dive_cache
     frame_stride: int = 6
@@ -392,8 +392,8 @@ def validate(cfg: Config) -> Config:
             _require(all(math.isfinite(v) for v in items if isinstance(v, float)), f"{section}.{key}", value,
                      "finite numbers only")
     d, m, l, s, t = cfg.data, cfg.model, cfg.loss, cfg.schedule, cfg.train
-    _require(d.dataset in ("moving_mnist", "pedestrians"), "data.dataset", d.dataset,
-             "one of moving_mnist, pedestrians")
+    _require(d.dataset in ("moving_mnist", "pedestrians", "videos"), "data.dataset", d.dataset,
+             "one of moving_mnist, pedestrians, videos")
     _require(d.scenario in SCENARIOS, "data.scenario", d.scenario, f"one of {', '.join(SCENARIOS)}")
     _require(d.elastic_mode in ("rows", "2d"), "data.elastic_mode", d.elastic_mode, "rows or 2d")
     _require(d.num_digits >= 1, "data.num_digits", d.num_digits, "at least 1")

@@ -17,13 +17,17 @@ What is scored (reference section 4, with quirk 7 fixed):
   of its matched slot (same matching), on input frames where the digit is
   visible and on the predicted future frames: how well the poses follow the
   digits, whatever the slots look like;
+* ``objects``: the slots scored as object tracks (MOTA, MOTP, IDF1, identity
+  switches) and as segmentations (FG-ARI, mIoU), on the input and on the
+  predicted frames (dive/object_metrics.py); absent without digit positions;
 * ``nelbo``: -ELBO per element. The model is in eval mode, so the latents are at
   their posterior means and presence decisions are hard: this is the ELBO's
   value at the mean, deterministic, with every KL in closed form;
 * ``baselines``: the same ``rec`` / ``pred`` for copy-last-observed-frame and
   mean-frame predictors on the same sequences.
 
-In scenario s1 only the visible rows are scored (`visible`), as the original.
+In scenario s1 (and on your own videos with hidden rows) only the visible rows
+are scored (`visible`), as the original does in s1.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ from torch import Tensor
 from .config import Config
 from .elbo import elbo
 from .metrics import MetricAccumulator, copy_last_baseline, frame_metrics, mean_frame_baseline
+from .object_metrics import ObjectScores
 from .model import forward_batch
 from .slots import gather_slots, match_slots, pose_centres
 
 
 def _score_mask(batch: dict[str, Tensor], cfg: Config) -> Tensor | None:
-    """(b 1 c h w) mask of scored pixels: the visible rows in s1, everything otherwise."""
-    if cfg.data.dataset == "moving_mnist" and cfg.data.resolved("hidden_rows") > 0:
+    """(b 1 c h w) mask of scored pixels: the visible rows where rows are hidden (s1, or your own videos
+    with data.hidden_rows), everything otherwise."""
+    if cfg.data.dataset in ("moving_mnist", "videos") and cfg.data.resolved("hidden_rows") > 0:
         return batch["visible"].unsqueeze(1)
     return None
 
@@ -100,8 +106,13 @@ def presence_alignment(out, batch: dict[str, Tensor], perm: Tensor | None = None
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: int = 64,
-             device: torch.device | str = "cpu", baselines: bool = True, amp: bool = False) -> dict:
-    """Score `model` on the first `n` sequences of `dataset` (all of them by default)."""
+             device: torch.device | str = "cpu", baselines: bool = True, amp: bool = False,
+             objects: bool = True) -> dict:
+    """Score `model` on the first `n` sequences of `dataset` (all of them by default).
+
+    objects: also the object-level scores (dive/object_metrics.py; needs digit positions, and for
+    FG-ARI and mIoU a dataset that draws each digit alone, as MovingMNIST does).
+    """
     device = torch.device(device)
     n = len(dataset) if n is None else min(n, len(dataset))
     was_training = model.training
@@ -114,6 +125,7 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
     neg_elbo, n_elements = 0.0, 0
     imp_sum, imp_count = 0.0, 0
     track = {"input": [0.0, 0], "future": [0.0, 0]}  # sum of pixel distances, count
+    object_scores = ObjectScores(max_px=cfg.data.digit_size / 4) if objects else None
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         batch = {k: v.to(device) for k, v in dataset.batch(idx).items()}
@@ -142,6 +154,9 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
                 seen = ~torch.isnan(d)
                 track[key][0] += float(d[seen].sum())
                 track[key][1] += int(seen.sum())
+        if object_scores is not None and perm is not None:
+            layers = dataset.digit_layers(idx) if hasattr(dataset, "digit_layers") else None
+            object_scores.update(out, batch, perm, cfg.data.image_size, layers)
 
         if "positions" in batch and batch["positions"].shape[2] == batch["present"].shape[2]:
             boxes = _digit_boxes(batch["positions"][:, : cfg.data.t_in].float(), cfg.data.image_size,
@@ -173,6 +188,8 @@ def evaluate(model, dataset, cfg: Config, *, n: int | None = None, batch_size: i
         "per_frame": {"rec": rec["per_frame"], "pred": pred["per_frame"]},
         "num_sequences": n,
     }
+    if object_scores is not None and object_scores.tracks["input"].objects:
+        result["objects"] = object_scores.result()
     if baselines:
         result["baselines"] = {name: {"rec": summary(b["rec"]), "pred": summary(b["pred"])}
                                for name, b in base.items()}

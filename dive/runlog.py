@@ -65,8 +65,9 @@ def validate(writer, model: DIVE, val_set, cfg: Config, device: torch.device, st
     """Score `model` on the first train.eval_size validation sequences; log them (TensorBoard, val.jsonl,
     stdout, `st.history`). Returns the score best.pt is chosen by: Rec MSE + Pred MSE."""
     n = min(cfg.train.eval_size, len(val_set))
+    # the object-level scores are left to evaluate.py: validation time counts against a run's budget
     metrics = evaluate(model, val_set, cfg, n=n, batch_size=min(cfg.train.batch_size, 64), device=device,
-                       baselines=False)
+                       baselines=False, objects=False)
     flat = {
         "rec_mse": metrics["rec"]["mse"], "pred_mse": metrics["pred"]["mse"],
         "rec_bce": metrics["rec"]["bce"], "pred_bce": metrics["pred"]["bce"],

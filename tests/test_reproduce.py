@@ -107,10 +107,17 @@ def test_overrides_make_another_row(tmp_path: Path):
     (["pedestrians"], "needs --data-root"),
     (["pedestrians", "--data-root", "/no/such/folder"], "--data-root /no/such/folder: no such folder"),
 ])
-def test_bad_input_names_the_option(tmp_path: Path, args, needle):
-    proc = run("reproduce.py", *args, "--out", str(tmp_path / "rep"), check=False)
-    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+def test_bad_input_names_the_option(tmp_path: Path, capsys, args, needle):
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main([*args, "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and needle in err, err
     assert not (tmp_path / "rep").exists()
+
+
+def test_bad_input_through_the_script(tmp_path: Path):
+    proc = run("reproduce.py", "s4", "--out", str(tmp_path / "rep"), check=False)
+    assert proc.returncode == 2 and "unknown row 's4'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_every_row_has_a_published_entry_and_a_config():

@@ -502,11 +502,13 @@ def _video(tmp_path: Path, array, name="video.npy", allow_pickle=False) -> Path:
 @pytest.mark.parametrize("make, message", [
     (lambda: np.full((T_IN, S, S), np.nan, np.float32), "contains NaN or infinite values"),
     (lambda: np.full((T_IN, S, S), 2.0, np.float32), r"values must lie in \[0, 1\], found \[2, 2\]"),
-    (lambda: np.zeros((T_IN, 32, S), np.float32), r"expected frames of shape \(B, 6, 1, 64, 64\) \(or without "
-                                                   r"B / C\), got \(6, 32, 64\)"),
+    (lambda: np.zeros((S, S), np.float32), r"expected frames of shape \(T, H, W\) or \(T, H, W, C\), got \(64, 64\)"),
+    (lambda: np.zeros((T_IN - 1, S, S), np.float32), r"5 frames, fewer than the 6 needed"),
+    (lambda: np.zeros((T_IN, S, S, 2), np.float32), r"expected 1 or 3 channels in \(T, H, W, C\), got shape"),
     (lambda: np.zeros((0, T_IN, C, S, S), np.float32), r"holds no video \(shape \(0, 6, 1, 64, 64\)\)"),
-    (lambda: np.zeros((T_IN, S, S), np.int32), "expected float or uint8 values, got dtype int32"),
-    (lambda: np.zeros((T_IN, S, S), bool), "expected float or uint8 values, got dtype bool"),
+    (lambda: np.zeros((2, T_IN, C, 32, S), np.float32), r"a 5-D array is a batch of windows \(B, 6, 1, 64, 64\)"),
+    (lambda: np.zeros((T_IN, S, S), np.int32), "expected uint8 or float values, got dtype int32"),
+    (lambda: np.zeros((T_IN, S, S), bool), "expected uint8 or float values, got dtype bool"),
     (lambda: np.zeros((T_IN, S, S), np.complex64), "got dtype complex64"),
 ])
 def test_own_video_refusals(tmp_path, smoke_cfg, evaluate_module, make, message):
@@ -516,10 +518,33 @@ def test_own_video_refusals(tmp_path, smoke_cfg, evaluate_module, make, message)
 
 def test_own_video_accepts_the_documented_layouts(tmp_path, smoke_cfg, evaluate_module):
     frames = np.random.default_rng(0).random((T_IN, S, S), dtype=np.float32)
-    for array in (frames, frames[:, None], frames[None, :, None], (frames * 255).astype(np.uint8),
+    for array in (frames, frames[:, None], frames[..., None], frames[None, :, None], (frames * 255).astype(np.uint8),
                   frames.astype(np.float64)):
-        got = evaluate_module.load_video(_video(tmp_path, array), smoke_cfg)
-        assert got.shape == (1, T_IN, C, S, S) and got.dtype == torch.float32
+        got, starts, length = evaluate_module.load_video(_video(tmp_path, array), smoke_cfg)
+        assert got.shape == (1, T_IN, C, S, S) and got.dtype == torch.float32 and starts == [0]
+        torch.testing.assert_close(got[0, :, 0], torch.from_numpy(frames), atol=1.01 / 255, rtol=0)  # uint8: truncated
+
+
+def test_own_video_of_any_length_size_and_form_runs_on_its_windows(tmp_path, smoke_cfg, evaluate_module):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    long = rng.random((2 * T_IN + 3, S, S), dtype=np.float32)
+    got, starts, length = evaluate_module.load_video(_video(tmp_path, long), smoke_cfg)
+    assert starts == [0, T_IN] and length == 2 * T_IN + 3
+    torch.testing.assert_close(got[1, :, 0], torch.from_numpy(long[T_IN:2 * T_IN]), atol=0.5 / 255, rtol=0)
+    colour = (rng.random((T_IN, 48, 96, 3)) * 255).astype(np.uint8)  # wide, RGB: grey, fitted, centred
+    np.savez(tmp_path / "clip.npz", frames=colour)
+    got, _, _ = evaluate_module.load_video(tmp_path / "clip.npz", smoke_cfg)
+    assert got.shape == (1, T_IN, C, S, S)
+    assert got[0, :, :, :16].abs().max() == 0 and got[0, :, :, 48:].abs().max() == 0  # black above and below
+    assert got[0, :, :, 16:48].mean() > 0.3
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(T_IN):  # numbered out of order on disk, read in order
+        Image.fromarray((long[t] * 255).round().astype(np.uint8)).save(folder / f"frame_{t}.png")
+    got, starts, _ = evaluate_module.load_video(folder, smoke_cfg)
+    assert starts == [0]
+    torch.testing.assert_close(got[0, :, 0], torch.from_numpy(long[:T_IN]), atol=0.5 / 255, rtol=0)
 
 
 def test_own_video_object_array_and_npz_are_refused_unread(tmp_path, smoke_cfg, evaluate_module):
@@ -527,13 +552,13 @@ def test_own_video_object_array_and_npz_are_refused_unread(tmp_path, smoke_cfg, 
     payload = np.empty(1, dtype=object)
     payload[0] = RunsCode(marker)
     path = _video(tmp_path, payload, "evil.npy", allow_pickle=True)
-    with pytest.raises(DataError, match=r"evil.npy: not a plain .npy array of numbers .*allow_pickle=False"):
+    with pytest.raises(DataError, match=r"evil.npy: not a plain array of numbers .*allow_pickle=False"):
         evaluate_module.load_video(path, smoke_cfg)
     assert not marker.exists()
     np.load(path, allow_pickle=True)  # the control: the payload does run when unpickled
     assert marker.exists()
-    np.savez(tmp_path / "frames.npz", x=np.zeros((T_IN, S, S), np.float32))
-    with pytest.raises(DataError, match="expected a .npy array, got an .npz archive"):
+    np.savez(tmp_path / "frames.npz", x=np.zeros((T_IN, S, S), np.float32), y=np.zeros(3))
+    with pytest.raises(DataError, match=r"frames.npz: holds 2 arrays \(x, y\); expected one, or one named 'frames'"):
         evaluate_module.load_video(tmp_path / "frames.npz", smoke_cfg)
 
 

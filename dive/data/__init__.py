@@ -1,4 +1,4 @@
-"""Data: Moving MNIST with missing data, MOTSChallenge pedestrians, fixed test sets.
+"""Data: Moving MNIST with missing data, MOTSChallenge pedestrians, your own videos, fixed test sets.
 
 Every dataset returns items as dicts of float32 tensors with the keys
 ``input``, ``target``, ``input_full``, ``target_full``, ``present``,
@@ -15,6 +15,7 @@ from .mnist import digit_pools, load_digits, read_idx
 from .moving_mnist import TRAIN_SIZE, MovingMNIST
 from .pedestrians import Pedestrians
 from .testset import TensorSequenceDataset, load_test_set, save_test_set
+from .videos import Videos
 
 __all__ = [
     "DataError",
@@ -23,6 +24,7 @@ __all__ = [
     "Pedestrians",
     "TRAIN_SIZE",
     "TensorSequenceDataset",
+    "Videos",
     "build_dataset",
     "collate",
     "digit_pools",
@@ -45,6 +47,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int | None = None, size: in
         seed = {"train": cfg.seed, "val": cfg.val_seed, "test": cfg.test_seed}.get(split, cfg.seed)
     if cfg.dataset == "pedestrians":
         return Pedestrians(cfg.root, split=split, seed=seed, config=cfg, cache_dir=cfg.cache_dir or None)
+    if cfg.dataset == "videos":
+        return Videos(cfg.root, split=split, seed=seed, config=cfg)
     if cfg.dataset == "moving_mnist":
         return MovingMNIST(split=split, seed=seed, size=size, config=cfg)
-    raise DataError(f"data.dataset = {cfg.dataset!r} is not allowed: one of moving_mnist, pedestrians")
+    raise DataError(f"data.dataset = {cfg.dataset!r} is not allowed: one of moving_mnist, pedestrians, videos")

@@ -320,12 +320,12 @@ class MovingMNIST(BatchedDataset):
 
     # -- generation --------------------------------------------------------
 
-    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """The items at `indices`, stacked: every value gets a leading batch dim B."""
-        indices = check_indices(indices, len(self))
+    def _sprites(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The draws of the items at `indices`, each digit's sprite on each frame (B, K, T, d, d) uint8,
+        its top-left pixel (B, K, T, 2) as (row, col), and its centre (B, T, K, 2) normalised."""
         cfg = self.cfg
         b, k, d, size = len(indices), cfg.num_digits, cfg.digit_size, cfg.image_size
-        t_all, t_in = self.frames, self.t_in
+        t_all = self.frames
         draws = self._draw(indices)
 
         # trajectories, (B, K, T, 2) as (x, y) in [0, 1]
@@ -347,7 +347,24 @@ class MovingMNIST(BatchedDataset):
             sprites = truncate_to_uint8(warped.add_(0.5)).view(b, k, t_all, d, d)
         else:
             sprites = digits.unsqueeze(2).expand(b, k, t_all, d, d)
+        return draws, sprites, top_left, positions
 
+    def digit_layers(self, indices: Sequence[int]) -> torch.Tensor:
+        """Each digit drawn alone, (B, T, K, H, W) float32 in [0, 1]: the true segmentation of the items
+        at `indices` (dive/object_metrics.py), out-of-scene frames included."""
+        indices = check_indices(indices, len(self))
+        _, sprites, top_left, _ = self._sprites(indices)
+        size = self.cfg.image_size
+        layers = [paste_max(sprites[:, j:j + 1], top_left[:, j:j + 1], size, size) for j in range(sprites.shape[1])]
+        return from_uint8(torch.stack(layers, dim=2))
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The items at `indices`, stacked: every value gets a leading batch dim B."""
+        indices = check_indices(indices, len(self))
+        cfg = self.cfg
+        b, k, size = len(indices), cfg.num_digits, cfg.image_size
+        t_in = self.t_in
+        draws, sprites, top_left, positions = self._sprites(indices)
         full = paste_max(sprites, top_left, size, size)  # (B, T, H, W)
         observed = full.clone()
 
