@@ -158,12 +158,20 @@ def train(cfg: Config, opts: Options) -> State:
     try:
         return _train(cfg, opts, rt, out)
     except RuntimeError as e:
-        if not rt.distributed or isinstance(e, DIVEError):
+        if not rt.distributed or isinstance(e, DIVEError) or not _is_collective_failure(e):
             raise
         raise _lost_ranks(e, rt, out) from e
     finally:
         if lock is not None:
             lock.release()
+
+
+def _is_collective_failure(e: RuntimeError) -> bool:
+    """A failed collective (torch.distributed's own error types, or the backend's words for one), not a
+    bug elsewhere that happens to raise a RuntimeError."""
+    text = str(e).lower()
+    return isinstance(e, dist.DistError) or any(w in text for w in ("gloo", "nccl", "processgroup", "timed out",
+                                                                        "connection closed", "connection reset"))
 
 
 def _lost_ranks(e: RuntimeError, rt: Runtime, out: Path) -> TrainingError:

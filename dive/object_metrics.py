@@ -198,8 +198,10 @@ class ObjectScores:
         """One batch: the model's output `out`, its batch (positions, present), the slot of each digit
         `perm` (b d), and each digit drawn alone (b T d h w; None: no segmentation scores). In s1 only
         the visible rows are segmented."""
+        def px(centres: Tensor) -> Tensor:  # normalised -> pixel coordinates
+            return (centres.float().cpu() + 1) * (image_size / 2)
+
         t_in = batch["present"].shape[1]
-        px = lambda c: (c.float().cpu() + 1) * (image_size / 2)  # noqa: E731 - normalised -> pixel coordinates
         objects, hyps = px(batch["positions"]), px(pose_centres(out.pose))
         present, decided = batch["present"].cpu() > 0.5, out.presence_hard.cpu() > 0.5
         object_on = torch.cat([present, torch.ones_like(present[:, :1]).expand(-1, objects.shape[1] - t_in, -1)], 1)

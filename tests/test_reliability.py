@@ -673,3 +673,10 @@ def test_a_hung_torchrun_rank_ends_the_others_after_dist_timeout_with_a_message(
     assert took < 30, f"rank 0 waited {took:.0f} s for a hung rank 1 (train.dist_timeout = 5 s)"
     assert "rank 0 of 2: lost the other ranks" in stderr and f"continue with --resume {out}" in stderr, stderr[-3000:]
     print(f"rank 1 stopped (SIGSTOP); rank 0 gave up {took:.1f} s later")
+
+
+def test_only_a_failed_collective_is_reported_as_lost_ranks():
+    import torch.distributed as dist
+    assert engine._is_collective_failure(dist.DistBackendError("Timed out waiting 5000ms for recv operation"))
+    assert engine._is_collective_failure(RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    assert not engine._is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 2x2)"))
