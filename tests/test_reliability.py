@@ -619,17 +619,32 @@ def _rank_of(pid: int) -> int | None:
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
-def test_a_killed_torchrun_rank_stops_the_job_in_bounded_time_and_resume_continues(tmp_path: Path):
-    out = tmp_path / "ddp"
-    args = [*FAULT_ARGS, "--set", "train.steps=100000", "--set", "train.dist_timeout=20", "--out", str(out)]
+def _torchrun_job(out: Path, dist_timeout: float) -> subprocess.Popen:
+    """A 2-rank CPU training job (its own process group) that has logged 3 steps into `out`."""
+    args = [*FAULT_ARGS, "--set", "train.steps=100000", "--set", f"train.dist_timeout={dist_timeout}",
+            "--out", str(out)]
     job = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: _logged_steps(out) >= 3, job, "step 3")
-        victim = next(p for p in _descendants(job.pid) if _rank_of(p) == 1 and "train.py" in
-                      Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
-        os.kill(victim, signal.SIGKILL)
+    except BaseException:
+        os.killpg(job.pid, signal.SIGKILL)  # the ranks too, not only torchrun
+        job.communicate()
+        raise
+    return job
+
+
+def _rank_pid(job: subprocess.Popen, rank: int) -> int:
+    return next(p for p in _descendants(job.pid) if _rank_of(p) == rank and "train.py" in
+                Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
+def test_a_killed_torchrun_rank_stops_the_job_in_bounded_time_and_resume_continues(tmp_path: Path):
+    out = tmp_path / "ddp"
+    job = _torchrun_job(out, dist_timeout=20)
+    try:
+        os.kill(_rank_pid(job, 1), signal.SIGKILL)
         killed = time.monotonic()
         stdout, stderr = job.communicate(timeout=120)
         took = time.monotonic() - killed
@@ -650,14 +665,9 @@ def test_a_killed_torchrun_rank_stops_the_job_in_bounded_time_and_resume_continu
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
 def test_a_hung_torchrun_rank_ends_the_others_after_dist_timeout_with_a_message(tmp_path: Path):
     out = tmp_path / "ddp"
-    args = [*FAULT_ARGS, "--set", "train.steps=100000", "--set", "train.dist_timeout=5", "--out", str(out)]
-    job = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job = _torchrun_job(out, dist_timeout=5)
     try:
-        _wait_for(lambda: _logged_steps(out) >= 3, job, "step 3")
-        victim = next(p for p in _descendants(job.pid) if _rank_of(p) == 1 and "train.py" in
-                      Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
-        rank0 = next(p for p in _descendants(job.pid) if _rank_of(p) == 0)
+        victim, rank0 = _rank_pid(job, 1), _rank_pid(job, 0)
         os.kill(victim, signal.SIGSTOP)  # alive, connections open, never answers
         stopped = time.monotonic()
         while Path(f"/proc/{rank0}").exists() and time.monotonic() - stopped < 60:
