@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -628,7 +629,8 @@ def _torchrun_job(out: Path, dist_timeout: float) -> subprocess.Popen:
     try:
         _wait_for(lambda: _logged_steps(out) >= 3, job, "step 3")
     except BaseException:
-        os.killpg(job.pid, signal.SIGKILL)  # the ranks too, not only torchrun
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)  # the ranks too, not only torchrun
         job.communicate()
         raise
     return job
