@@ -620,20 +620,22 @@ def _rank_of(pid: int) -> int | None:
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def _torchrun_job(out: Path, dist_timeout: float) -> subprocess.Popen:
-    """A 2-rank CPU training job (its own process group) that has logged 3 steps into `out`."""
+@contextlib.contextmanager
+def _torchrun_job(out: Path, dist_timeout: float):
+    """A 2-rank CPU training job (its own process group) that has logged 3 steps into `out`; whatever
+    still runs of it at the end is killed, the ranks too, not only torchrun."""
     args = [*FAULT_ARGS, "--set", "train.steps=100000", "--set", f"train.dist_timeout={dist_timeout}",
             "--out", str(out)]
     job = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: _logged_steps(out) >= 3, job, "step 3")
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.pid, signal.SIGKILL)  # the ranks too, not only torchrun
-        job.communicate()
-        raise
-    return job
+        yield job
+    finally:
+        if job.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
 
 
 def _rank_pid(job: subprocess.Popen, rank: int) -> int:
@@ -644,16 +646,11 @@ def _rank_pid(job: subprocess.Popen, rank: int) -> int:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
 def test_a_killed_torchrun_rank_stops_the_job_in_bounded_time_and_resume_continues(tmp_path: Path):
     out = tmp_path / "ddp"
-    job = _torchrun_job(out, dist_timeout=20)
-    try:
+    with _torchrun_job(out, dist_timeout=20) as job:
         os.kill(_rank_pid(job, 1), signal.SIGKILL)
         killed = time.monotonic()
         stdout, stderr = job.communicate(timeout=120)
         took = time.monotonic() - killed
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.communicate()
     assert job.returncode != 0
     assert took < 60, f"the job took {took:.0f} s to stop after rank 1 was killed"
     assert "rank: 1" in stderr and "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]
@@ -667,8 +664,7 @@ def test_a_killed_torchrun_rank_stops_the_job_in_bounded_time_and_resume_continu
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
 def test_a_hung_torchrun_rank_ends_the_others_after_dist_timeout_with_a_message(tmp_path: Path):
     out = tmp_path / "ddp"
-    job = _torchrun_job(out, dist_timeout=5)
-    try:
+    with _torchrun_job(out, dist_timeout=5) as job:
         victim, rank0 = _rank_pid(job, 1), _rank_pid(job, 0)
         os.kill(victim, signal.SIGSTOP)  # alive, connections open, never answers
         stopped = time.monotonic()
@@ -677,10 +673,6 @@ def test_a_hung_torchrun_rank_ends_the_others_after_dist_timeout_with_a_message(
         took = time.monotonic() - stopped
         os.kill(victim, signal.SIGCONT)  # so that torchrun's SIGTERM ends it at once
         stdout, stderr = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.communicate()
     assert job.returncode != 0
     assert took < 30, f"rank 0 waited {took:.0f} s for a hung rank 1 (train.dist_timeout = 5 s)"
     assert "rank 0 of 2: lost the other ranks" in stderr and f"continue with --resume {out}" in stderr, stderr[-3000:]
