@@ -37,32 +37,39 @@ def test_ab_times_two_checkouts_against_each_other():
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(r["label"], r["mode"], r["batch"]) for r in rows] == [("one", "eager", 2), ("two", "eager", 2)]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and all(r["median_s"] > 0 and r["peak_gib"] > 0 for r in rows)
-    bad = subprocess.run([sys.executable, "bench/ab.py", "one=.", "two=/nonexistent"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert bad.returncode != 0 and "no bench/train_step.py under /nonexistent" in bad.stderr
-    same = subprocess.run([sys.executable, "bench/ab.py", "one=.", "one=."], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-    assert same.returncode != 0 and "labels must differ" in same.stderr
+    # the argument errors come before any worker starts: checked in this process
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ab
+
+    with pytest.raises(SystemExit, match="no bench/train_step.py under /nonexistent"):
+        ab.main([f"one={ROOT}", "two=/nonexistent"])
+    with pytest.raises(SystemExit, match="labels must differ"):
+        ab.main([f"one={ROOT}", f"one={ROOT}"])
 
 
-def test_learning_curve_scores_every_snapshot(tmp_path: Path):
+def test_learning_curve_scores_every_snapshot(tmp_path: Path, capsys):
+    from cli import run as run_script
+
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = [sys.executable, "train.py", "--config", "configs/smoke.toml", "--out", str(run), "--device", "cpu",
-             "--quiet", "--threads", "1", "--stop-after", "3", "--snapshot-minutes", "0.000001,0.000002,600"]
-    proc = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr
+    run_script("train.py", "--config", "configs/smoke.toml", "--out", str(run), "--device", "cpu", "--quiet",
+               "--threads", "1", "--stop-after", "3", "--snapshot-minutes", "0.000001,0.000002,600")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import learning_curve
+
     out = tmp_path / "curve"
-    cmd = [sys.executable, "bench/learning_curve.py", str(run), "--out", str(out), "--n", "4", "--batch-size", "4"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr
+    assert learning_curve.main([str(run), "--out", str(out), "--n", "4", "--batch-size", "4"]) == 0
     [records] = json.loads((out / "curve.json").read_text()).values()
     assert [r["minutes"] for r in records] == [0.000001, 0.000002]  # the 600-minute one was never reached
     assert records[0]["step"] <= records[1]["step"] and all(r["num_sequences"] == 4 for r in records)
+    assert all(r["scenario"] == "s3" and r["copy_last_rec_mse"] > 0 for r in records)
     assert (out / "curve.png").stat().st_size > 0 and "| run | minutes |" in (out / "curve.md").read_text()
-    proc = subprocess.run([sys.executable, "bench/learning_curve.py", str(tmp_path), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 2 and "no min_*.pt snapshots" in proc.stderr
+    lines = learning_curve.reference_lines({"run": records})
+    assert lines["published s3 Rec"] == ([0.0, 0.000002], [42.81, 42.81])
+    assert lines["copy-last s3 Rec"][1] == [records[0]["copy_last_rec_mse"]] * 2 and "original s2 Rec" not in lines
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        learning_curve.main([str(tmp_path), "--out", str(out)])
+    assert e.value.code == 2 and "no min_*.pt snapshots" in capsys.readouterr().err
 
 
 def test_split_time_is_the_first_validation_below_4_px(tmp_path: Path):

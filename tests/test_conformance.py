@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from dive import config
+from cli import run as run_script
+from dive import config, convert_original
 from dive.convert_original import ORIGINAL_NETS, from_original, read_original, to_original
 from dive.errors import CheckpointError
 
@@ -178,14 +179,10 @@ def test_command_line_both_ways_and_evaluate(tmp_path, store):
     toml = tmp_path / "s3_small.toml"
     toml.write_text(config.dumps_toml(cfg))
     ckpt = tmp_path / "converted.pt"
-    run = [sys.executable, "-m", "dive.convert_original"]
-    subprocess.run(run + [str(conformance.SAVED), "--config", str(toml), "--out", str(ckpt)], check=True, cwd=ROOT)
-    out = subprocess.run([sys.executable, "evaluate.py", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval"),
-                          "--n", "4"], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
+    assert convert_original.main([str(conformance.SAVED), "--config", str(toml), "--out", str(ckpt)]) == 0
+    run_script("evaluate.py", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval"), "--n", "4")
     assert (tmp_path / "eval" / "metrics.json").is_file()
-    subprocess.run(run + ["--to-original", str(ckpt), "--out", str(tmp_path / "orig"), "--epoch", "5"],
-                   check=True, cwd=ROOT)
+    assert convert_original.main(["--to-original", str(ckpt), "--out", str(tmp_path / "orig"), "--epoch", "5"]) == 0
     again, _ = read_original(tmp_path / "orig", epoch=5)
     first, _ = read_original(conformance.SAVED)
     for net in ORIGINAL_NETS:
@@ -193,8 +190,9 @@ def test_command_line_both_ways_and_evaluate(tmp_path, store):
             if net == "var_appearance_layer" or k.startswith("masks_sigma_layer"):
                 continue  # no counterpart here: written as zeros
             torch.testing.assert_close(again[net][k], v, rtol=0, atol=1e-7, msg=f"{net}.{k}")
-    bad = subprocess.run(run + [str(tmp_path / "nowhere"), "--config", str(toml), "--out", str(ckpt)],
-                         capture_output=True, text=True, cwd=ROOT)
+    # the module's entry point, from a new interpreter, on a folder that is not there
+    bad = subprocess.run([sys.executable, "-m", "dive.convert_original", str(tmp_path / "nowhere"), "--config",
+                          str(toml), "--out", str(ckpt)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "not a folder" in bad.stderr and "Traceback" not in bad.stderr
 
 

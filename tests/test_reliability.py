@@ -435,32 +435,31 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path: Path, m
     assert [k for k in final if not torch.equal(final[k], saved["model"][k])] == []
 
 
-NAN_FROM_STEP_3 = """
-import dataclasses, runpy, sys
-import dive.objective as objective
-real, calls = objective.elbo, []
-def elbo(*args, **kwargs):
-    e = real(*args, **kwargs)
-    calls.append(1)
-    return dataclasses.replace(e, loss=e.loss * float("nan")) if len(calls) >= 3 else e
-objective.elbo = elbo
-sys.argv = ["train.py", *sys.argv[1:]]
-runpy.run_path("train.py", run_name="__main__")
-"""
+def nan_from_call(monkeypatch, first: int) -> None:
+    """The training loss is NaN from the `first`-th batch on (the objective's ELBO replaced)."""
+    real, calls = objective.elbo, []
+
+    def elbo(*args, **kwargs):
+        e = real(*args, **kwargs)
+        calls.append(1)
+        return dataclasses.replace(e, loss=e.loss * float("nan")) if len(calls) >= first else e
+
+    monkeypatch.setattr(objective, "elbo", elbo)
 
 
-def test_train_script_exits_1_after_too_many_nonfinite_steps(tmp_path: Path):
+def test_train_script_exits_1_after_too_many_nonfinite_steps(tmp_path: Path, monkeypatch):
     out = tmp_path / "run"
-    proc = run("-c", NAN_FROM_STEP_3, *FAULT_ARGS, "--out", str(out), "--set", "train.max_nonfinite=2",
+    nan_from_call(monkeypatch, 3)
+    proc = run("train.py", *FAULT_ARGS, "--out", str(out), "--set", "train.max_nonfinite=2",
                "--set", "train.ckpt_every=2", check=False)
     assert_clean_refusal(proc, "2 non-finite steps in a row", f"last good checkpoint is kept in {out / 'latest.pt'}")
     assert checkpoint.load(out / "latest.pt")["step"] == 2
 
 
-def test_no_checkpoint_yet_is_said_so(tmp_path: Path):
+def test_no_checkpoint_yet_is_said_so(tmp_path: Path, monkeypatch):
     out = tmp_path / "run"
-    proc = run("-c", NAN_FROM_STEP_3.replace(">= 3", ">= 1"), *FAULT_ARGS, "--out", str(out),
-               "--set", "train.max_nonfinite=1", check=False)
+    nan_from_call(monkeypatch, 1)
+    proc = run("train.py", *FAULT_ARGS, "--out", str(out), "--set", "train.max_nonfinite=1", check=False)
     assert_clean_refusal(proc, "1 non-finite steps in a row", "no checkpoint was written")
     assert not (out / "latest.pt").exists()
 

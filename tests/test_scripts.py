@@ -19,8 +19,9 @@ SMOKE = ROOT / "configs" / "smoke.toml"
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "run"
+    # a new interpreter, as a user starts it: the one run here through the scripts' entry point
     run("train.py", "--config", str(SMOKE), "--out", str(out), "--device", "cpu",
-        "--set", "train.log_every=1")
+        "--set", "train.log_every=1", fresh_process=True)
     return out
 
 
