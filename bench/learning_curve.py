@@ -9,10 +9,12 @@ Train with time snapshots, then score every snapshot on the fixed test set:
 Snapshots already scored in an existing --out/curve.json (same run, minutes,
 step and number of sequences) are not scored again, so the script can be
 rerun while a run is still going. Writes curve.json (one record per snapshot: minutes, step, Rec/Pred MSE and
-BCE, presence F1, tracking error, MOTA and FG-ARI), curve.md (the same as a table, after each run's split time: its first
+BCE, presence F1, tracking error, MOTA and FG-ARI, and the copy-last baseline's MSE on the same
+sequences), curve.md (the same as a table, after each run's split time: its first
 validation in val.jsonl with tracking below 4 px) and curve.png (MSE against
-minutes, with the original implementation's points from the issue tracker:
-same machine, s2, batch 16, its own 256 test sequences).
+minutes, with the published DIVE row and the copy-last baseline as horizontal lines and, for s2,
+the original implementation's points from the issue tracker: same machine, batch 16, its own 256
+test sequences).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dive import checkpoint  # noqa: E402
+from dive import checkpoint, published  # noqa: E402
 from dive.data import build_dataset  # noqa: E402
 from dive.engine import build_model  # noqa: E402
 from dive.evaluation import evaluate  # noqa: E402
@@ -53,13 +55,16 @@ def score(path: Path, n: int, batch_size: int) -> dict:
     model = build_model(cfg)
     checkpoint.load_model_state(model, state, path)
     with torch.no_grad():
-        m = evaluate(model, build_dataset(cfg.data, "test"), cfg, n=n, batch_size=batch_size, baselines=False)
+        m = evaluate(model, build_dataset(cfg.data, "test"), cfg, n=n, batch_size=batch_size)
     return {
+        "scenario": cfg.data.scenario if cfg.data.dataset == "moving_mnist" else cfg.data.dataset,
         "minutes": snapshot_minutes(path), "elapsed_s": float(state.get("extra", {}).get("elapsed", float("nan"))),
         "step": int(state["step"]), "rec_mse": m["rec"]["mse"], "pred_mse": m["pred"]["mse"],
         "rec_bce": m["rec"]["bce"], "pred_bce": m["pred"]["bce"], "missing_f1": m["missing"]["f1"],
         "tracking_input_px": m["tracking_px"]["input"], "tracking_future_px": m["tracking_px"]["future"],
         "num_sequences": m["num_sequences"],
+        "copy_last_rec_mse": m["baselines"]["copy_last"]["rec"]["mse"],
+        "copy_last_pred_mse": m["baselines"]["copy_last"]["pred"]["mse"],
         **{f"{key}_{part}": m["objects"][part][key] for part in ("input", "future") for key in ("mota", "fg_ari")
            if "objects" in m},
     }
@@ -117,6 +122,25 @@ def table(runs: dict[str, list[dict]], splits: dict[str, dict | None] | None = N
     return "\n".join(lines) + "\n"
 
 
+def reference_lines(runs: dict[str, list[dict]]) -> dict[str, tuple[list[float], list[float]]]:
+    """Horizontal lines over the runs' minutes: the published DIVE row and the copy-last baseline of
+    each scenario scored, and the original implementation's s2 points."""
+    records = [r for rs in runs.values() for r in rs]
+    span = [0.0, max(r["minutes"] for r in records)]
+    lines = {}
+    for scenario in sorted({r["scenario"] for r in records}):
+        row = published.MOVING_MNIST.get(("dive", scenario))
+        if row is not None:
+            lines[f"published {scenario} Rec"] = (span, [row["rec"]["mse"]] * 2)
+            lines[f"published {scenario} Pred"] = (span, [row["pred"]["mse"]] * 2)
+        last = next(r for r in records if r["scenario"] == scenario)
+        lines[f"copy-last {scenario} Rec"] = (span, [last["copy_last_rec_mse"]] * 2)
+    if "s2" in {r["scenario"] for r in records}:
+        lines["original s2 Rec"] = ([o[0] for o in ORIGINAL], [o[1] for o in ORIGINAL])
+        lines["original s2 Pred"] = ([o[0] for o in ORIGINAL], [o[2] for o in ORIGINAL])
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", type=Path, nargs="+", help="run folders with snapshots/min_*.pt")
@@ -137,7 +161,7 @@ def main(argv=None) -> int:
         for path in paths:
             step = int(checkpoint.load(path, map_location="cpu")["step"])
             known = [r for r in previous.get(run.name, []) if r["minutes"] == snapshot_minutes(path)
-                     and r["step"] == step and r["num_sequences"] == args.n]
+                     and r["step"] == step and r["num_sequences"] == args.n and "copy_last_rec_mse" in r]
             records.append(known[0] if known else score(path, args.n, args.batch_size))
             r = records[-1]
             print(f"{run.name} {r['minutes']:g} min (step {r['step']}): rec {r['rec_mse']:.1f} "
@@ -152,9 +176,10 @@ def main(argv=None) -> int:
         minutes = [r["minutes"] for r in records]
         curves[f"{name} Rec"] = (minutes, [r["rec_mse"] for r in records])
         curves[f"{name} Pred"] = (minutes, [r["pred_mse"] for r in records])
-    curves["original Rec"] = ([o[0] for o in ORIGINAL], [o[1] for o in ORIGINAL])
-    curves["original Pred"] = ([o[0] for o in ORIGINAL], [o[2] for o in ORIGINAL])
-    plot_curves(curves, args.out / "curve.png", title="s2 test MSE against training time (2-core CPU)",
+    curves.update(reference_lines(runs))
+    scenarios = sorted({r["scenario"] for records in runs.values() for r in records})
+    plot_curves(curves, args.out / "curve.png",
+                title=f"{'/'.join(scenarios)} test MSE against training time (2-core CPU)",
                 xlabel="minutes of training", ylabel="MSE (sum over pixels, per frame)", size=(760, 460))
     print(f"wrote {args.out}/curve.json, curve.md, curve.png")
     return 0

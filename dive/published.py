@@ -7,8 +7,8 @@ MSE, PSNR and SSIM of the reconstructed input frames ("rec") and of the
 predicted frames ("pred"), and the negative ELBO per element; the MOTS
 pedestrian rows carry one value per metric, over all frames.
 
-Used by reproduce.py (the table next to ours) and nowhere else: docs quote
-what reproduce/table.md prints.
+Used by reproduce.py (the table next to ours) and bench/learning_curve.py (the lines on its
+plot) and nowhere else: docs quote what reproduce/table.md prints.
 """
 
 from __future__ import annotations
