@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import platform
 import shlex
 import sys
 import time
@@ -46,7 +45,7 @@ from dive.data.common import atomic_write
 from dive.engine import Options, build_model, train
 from dive.errors import DIVEError
 from dive.evaluation import evaluate
-from dive.runtime import resolve_device
+from dive.runtime import cpu_name, resolve_device
 from train import minutes_list
 
 ROOT = Path(__file__).resolve().parent
@@ -142,7 +141,7 @@ def record(row: Row, recipe: str, budget: str, seed: int, cfg_file: str, cfg: co
     rec = {
         "row": row.name, "model": row.model, "scenario": row.scenario, "recipe": recipe, "budget": budget,
         "seed": seed, "config": cfg_file, "device": str(device), "threads": threads,
-        "cpu": platform.processor() or platform.machine(), "steps": metrics["step"],
+        "cpu": cpu_name(), "steps": metrics["step"],
         "train_minutes": metrics["train_seconds"] / 60, "wall_minutes": wall / 60, "command": command,
         "num_sequences": metrics["num_sequences"],
         "metrics": {"rec": metrics["rec"], "pred": metrics["pred"], "nelbo": metrics["nelbo"],

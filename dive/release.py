@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from .data import build_dataset
 from .engine import build_model
 from .errors import DIVEError
 from .evaluation import evaluate
+from .runtime import cpu_name
 
 CHECK_N = 16  # sequences the test recomputes: a few seconds on a CPU
 CHECK_RTOL = 1e-3  # loose enough for another CPU's float rounding, far tighter than any model change
@@ -47,16 +47,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def check_scores(model: torch.nn.Module, cfg: Config, n: int = CHECK_N) -> dict[str, float]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -120,3 +121,15 @@ def train_batches(dataset, cfg: Config, start: int, rt: Runtime) -> Iterator[dic
         persistent_workers=False, prefetch_factor=4,
     )
     yield from loader
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the record of where a figure was measured (Linux: /proc/cpuinfo;
+    elsewhere what the platform module knows, which may be only the architecture)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

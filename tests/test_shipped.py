@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dive import checkpoint
+from dive import checkpoint, config
+from dive.data import build_dataset
 from dive.engine import build_model
+from dive.errors import DIVEError
+from dive.evaluation import evaluate
 from dive.release import CHECK_RTOL, check_scores, release, sha256
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -47,10 +50,6 @@ def test_shipped_checkpoint_computes_its_recorded_scores(record_file):
 
 
 def test_release_writes_an_evaluable_checkpoint_and_its_record(tmp_path):
-    from dive import config
-    from dive.evaluation import evaluate
-    from dive.data import build_dataset
-
     torch.set_num_threads(2)
     cfg = config.load("configs/smoke.toml", [])
     model = build_model(cfg)
@@ -73,5 +72,5 @@ def test_release_writes_an_evaluable_checkpoint_and_its_record(tmp_path):
 
     metrics["step"] = 8  # scores of another checkpoint are refused
     scores.write_text(json.dumps(metrics))
-    with pytest.raises(Exception, match="scores step 8, but .* is at step 7"):
+    with pytest.raises(DIVEError, match="scores step 8, but .* is at step 7"):
         release(source, "smoke", scores, "x", out)
