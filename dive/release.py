@@ -55,7 +55,7 @@ def check_scores(model: torch.nn.Module, cfg: Config, n: int = CHECK_N) -> dict[
     return {"rec_mse": m["rec"]["mse"], "pred_mse": m["pred"]["mse"], "presence_f1": m["missing"].get("f1")}
 
 
-def test_set_scores(metrics: dict[str, Any]) -> dict[str, Any]:
+def scores_kept(metrics: dict[str, Any]) -> dict[str, Any]:
     """The figures of an evaluate.py metrics.json that the provenance keeps."""
     scores: dict[str, Any] = {
         "num_sequences": metrics["num_sequences"],
@@ -79,7 +79,7 @@ def release(source: Path, name: str, scores_file: Path, command: str, out: Path,
     cfg = checkpoint.config_of(state, source)
     metrics = json.loads(scores_file.read_text())
     try:
-        scores = test_set_scores(metrics)
+        scores = scores_kept(metrics)
     except (KeyError, TypeError) as e:
         raise DIVEError(f"{scores_file} is not a metrics.json of evaluate.py on a test set (no {e})") from None
     if metrics.get("step") != state["step"]:
