@@ -111,14 +111,17 @@ def release(source: Path, name: str, scores_file: Path, command: str, out: Path,
 
 
 def write_index(folder: Path) -> None:
+    def fmt(value: float | None, digits: int) -> str:  # None: nothing missing (s1), or no digit positions
+        return "-" if value is None else f"{value:.{digits}f}"
+
     rows = []
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
         s = r["test_set"]
         track = s["tracking_px"]
         rows.append(f"| `{r['file']}` | {r['scenario']} | {r['steps']:,} | {r['training_minutes']} | "
-                    f"{s['rec_mse']:.1f} / {s['pred_mse']:.1f} | {s['presence_f1']:.3f} | "
-                    f"{track['input']:.1f} / {track['future']:.1f} | {r['machine']} |")
+                    f"{s['rec_mse']:.1f} / {s['pred_mse']:.1f} | {fmt(s['presence_f1'], 3)} | "
+                    f"{fmt(track['input'], 1)} / {fmt(track['future'], 1)} | {r['machine']} |")
     (folder / "README.md").write_text(
         "# Shipped checkpoints\n\n"
         "Weights of finished runs, to evaluate or look at without training (README, \"Try it without "
