@@ -63,6 +63,7 @@ def scores_kept(metrics: dict[str, Any]) -> dict[str, Any]:
         "rec_mse": metrics["rec"]["mse"], "pred_mse": metrics["pred"]["mse"],
         "rec_ssim": metrics["rec"]["ssim"], "pred_ssim": metrics["pred"]["ssim"],
         "presence_f1": metrics["missing"].get("f1"),
+        "presence_accuracy": metrics["missing"].get("accuracy"),
         "tracking_px": metrics["tracking_px"],
     }
     if "objects" in metrics:
@@ -97,6 +98,8 @@ def release(source: Path, name: str, scores_file: Path, command: str, out: Path,
         "sha256": sha256(target),
         "command": command,
         "scenario": cfg.data.scenario,
+        # no digit is ever missing (s1 hides rows instead): presence is then an accuracy, F1 says nothing
+        "nothing_missing": cfg.data.dataset == "moving_mnist" and cfg.data.resolved("num_missing") == 0,
         "steps": state["step"],
         "training_minutes": round(elapsed / 60, 1) if elapsed is not None else None,
         "machine": machine or f"{cpu_name()}, {os.cpu_count()} cores",
@@ -119,18 +122,21 @@ def write_index(folder: Path) -> None:
         r = json.loads(f.read_text())
         s = r["test_set"]
         track = s["tracking_px"]
+        presence = (f"accuracy {fmt(s.get('presence_accuracy'), 3)}" if r.get("nothing_missing")
+                    else f"F1 {fmt(s['presence_f1'], 3)}")
         rows.append(f"| `{r['file']}` | {r['scenario']} | {r['steps']:,} | {r['training_minutes']} | "
-                    f"{s['rec_mse']:.1f} / {s['pred_mse']:.1f} | {fmt(s['presence_f1'], 3)} | "
+                    f"{s['rec_mse']:.1f} / {s['pred_mse']:.1f} | {presence} | "
                     f"{fmt(track['input'], 1)} / {fmt(track['future'], 1)} | {r['machine']} |")
     (folder / "README.md").write_text(
         "# Shipped checkpoints\n\n"
         "Weights of finished runs, to evaluate or look at without training (README, \"Try it without "
         "training\"). They hold no optimiser state, so they do not resume. Each `NAME.json` says how the "
-        "file was made: the full command, the machine, the scores below (Rec / Pred MSE, presence F1, "
+        "file was made: the full command, the machine, the scores below (Rec / Pred MSE, presence F1, or "
+        "its accuracy where no digit is ever missing, "
         "tracking error in pixels on the input / future frames, on the scenario's 1,024 fixed test "
         "sequences), the file's SHA-256, and the scores on the first few test sequences that "
         "`tests/test_shipped.py` recomputes. Written by `python -m dive.release`.\n\n"
-        "| file | scenario | steps | training minutes | Rec / Pred MSE | presence F1 | tracking px | machine |\n"
+        "| file | scenario | steps | training minutes | Rec / Pred MSE | presence | tracking px | machine |\n"
         "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 

@@ -14,7 +14,7 @@ from dive.data import build_dataset
 from dive.engine import build_model
 from dive.errors import DIVEError
 from dive.evaluation import evaluate
-from dive.release import CHECK_RTOL, check_scores, release, sha256
+from dive.release import CHECK_RTOL, check_scores, release, sha256, write_index
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
 RECORDS = sorted(SHIPPED.glob("*.json"))
@@ -69,6 +69,14 @@ def test_release_writes_an_evaluable_checkpoint_and_its_record(tmp_path):
     assert r["test_set"]["rec_mse"] == metrics["rec"]["mse"]
     assert json.loads((out / "smoke.json").read_text()) == r
     assert "`smoke.pt` | s3 | 7 |" in (out / "README.md").read_text()
+    assert r["nothing_missing"] is False and f"| F1 {r['test_set']['presence_f1']:.3f} |" in (out / "README.md").read_text()
+    # where no digit is ever missing (s1) the index gives presence as an accuracy: its F1 says nothing
+    s1 = {**r, "file": "s1.pt", "scenario": "s1", "nothing_missing": True,
+          "test_set": {**r["test_set"], "presence_f1": 0.0, "presence_accuracy": 0.8334}}
+    (out / "s1.json").write_text(json.dumps(s1))
+    write_index(out)
+    assert "| `s1.pt` | s1 | 7 | 1.5 |" in (out / "README.md").read_text()
+    assert "| accuracy 0.833 |" in (out / "README.md").read_text()
 
     metrics["step"] = 8  # scores of another checkpoint are refused
     scores.write_text(json.dumps(metrics))
