@@ -160,3 +160,19 @@ def test_the_benchmarks_step_is_the_training_loops(config):
         assert "term/track_future" in loop_logs  # the teacher term is in the benchmarked step
     for (name, a), b in zip(model.state_dict().items(), worker.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_tracker_accuracy_splits_the_error_by_what_is_observed(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tracker_accuracy
+
+    assert tracker_accuracy.main(["--scenarios", "s1", "s2", "--n", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    s1, s2 = rows["s1"], rows["s2"]
+    assert s1["frames_none_observed"] > 0 and s1["out_of_scene_mean"] is None  # s1 hides rows, removes nothing
+    assert s2["frames_none_observed"] == 0 and s2["frames_part_observed"] == 0 and s2["out_of_scene_mean"] > 0
+    for row in (s1, s2):
+        assert 0 < row["in_scene_median"] and 0 <= row["in_scene_over_4px"] <= 1
+    assert s2["in_scene_mean"] < s1["in_scene_mean"]  # a hidden half costs the tracker its digits
+    with pytest.raises(SystemExit):
+        tracker_accuracy.main(["--n", "0"])

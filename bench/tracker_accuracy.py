@@ -1,0 +1,96 @@
+"""How far the ink tracker's centres are from the digits' true centres, before any training.
+
+    python bench/tracker_accuracy.py [--scenarios s1 s2 s3 none] [--n 512] [--json]
+
+On the first N sequences of each scenario's fixed test set, the untrained
+tracker (dive/nn/tracker.py) follows the digits through the input frames, its
+slots are matched to the digits as evaluation matches them
+(dive.slots.match_slots), and the distance in pixels from each digit's centre
+to its slot's is reported: on the frames where the digit is in scene (mean,
+median, share above 4 px), where it is out of scene, and by how much of the
+digit's ink is observed (all, part, none: rows are hidden in s1), with the
+share of the frames in each of the last two classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dive.config import DataConfig  # noqa: E402
+from dive.data import build_dataset  # noqa: E402
+from dive.nn.tracker import InkTracker  # noqa: E402
+from dive.slots import gather_slots, match_slots  # noqa: E402
+
+SCALE_PRIOR = 3.0  # the Moving MNIST configs' model.scale_prior
+
+
+def measure(scenario: str, n: int, batch_size: int = 64) -> dict[str, float | None]:
+    ds = build_dataset(DataConfig(scenario=scenario, test_size=n), "test")
+    cfg = ds.cfg
+    tracker = InkTracker(cfg.num_digits, cfg.image_size, SCALE_PRIOR)
+    errors, present, observed = [], [], []
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        batch = ds.batch(idx)
+        t_in = batch["input"].shape[1]
+        track = tracker(batch["input"])
+        positions, labels = batch["positions"][:, :t_in], batch["present"]
+        perm = match_slots(track.centres, positions, weights=labels)
+        errors.append((gather_slots(track.centres, perm) - positions).norm(dim=-1) * cfg.image_size / 2)
+        present.append(labels > 0.5)
+        ink = ds.digit_layers(idx)[:, :t_in]  # (b t k h w)
+        seen = batch["visible"].mean(1)[:, None, None]  # (b 1 1 h w)
+        observed.append((ink * seen).sum((-2, -1)) / ink.sum((-2, -1)).clamp(min=1e-6))
+    error, present, observed = torch.cat(errors), torch.cat(present), torch.cat(observed)
+
+    def mean(mask: torch.Tensor) -> float | None:
+        return round(float(error[mask].mean()), 2) if mask.any() else None
+
+    inside = error[present]
+    return {
+        "in_scene_mean": round(float(inside.mean()), 2),
+        "in_scene_median": round(float(inside.median()), 2),
+        "in_scene_over_4px": round(float((inside > 4).float().mean()), 3),
+        "out_of_scene_mean": mean(~present),
+        "all_observed_mean": mean(present & (observed > 0.99)),
+        "part_observed_mean": mean(present & (observed > 0.01) & (observed <= 0.99)),
+        "none_observed_mean": mean(present & (observed <= 0.01)),
+        "frames_part_observed": round(float((present & (observed > 0.01) & (observed <= 0.99)).float().mean()), 3),
+        "frames_none_observed": round(float((present & (observed <= 0.01)).float().mean()), 3),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenarios", nargs="+", default=["s1", "s2", "s3", "none"])
+    p.add_argument("--n", type=int, default=512, help="test sequences per scenario (default: 512)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error(f"--n must be at least 1, got {args.n}")
+    rows = {s: measure(s, args.n) for s in args.scenarios}
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+
+    def cell(v):
+        return "-" if v is None else f"{v:g}"
+
+    keys = list(next(iter(rows.values())))
+    print("| scenario | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(cell(r[k]) for k in keys) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
