@@ -70,7 +70,8 @@ def measure(scenario: str, n: int, batch_size: int = 64) -> dict[str, float | No
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", nargs="+", default=["s1", "s2", "s3", "none"])
+    p.add_argument("--scenarios", nargs="+", default=["s1", "s2", "s3", "none"], choices=["s1", "s2", "s3", "none"],
+                   help="Moving MNIST scenarios (default: all four)")
     p.add_argument("--n", type=int, default=512, help="test sequences per scenario (default: 512)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
