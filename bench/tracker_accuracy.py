@@ -23,18 +23,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dive.config import DataConfig  # noqa: E402
+from dive.config import DataConfig, ModelConfig  # noqa: E402
 from dive.data import build_dataset  # noqa: E402
 from dive.nn.tracker import InkTracker  # noqa: E402
 from dive.slots import gather_slots, match_slots  # noqa: E402
-
-SCALE_PRIOR = 3.0  # the Moving MNIST configs' model.scale_prior
 
 
 def measure(scenario: str, n: int, batch_size: int = 64) -> dict[str, float | None]:
     ds = build_dataset(DataConfig(scenario=scenario, test_size=n), "test")
     cfg = ds.cfg
-    tracker = InkTracker(cfg.num_digits, cfg.image_size, SCALE_PRIOR)
+    tracker = InkTracker(cfg.num_digits, cfg.image_size, ModelConfig().scale_prior)  # every Moving MNIST config's
     errors, present, observed = [], [], []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
@@ -54,16 +52,17 @@ def measure(scenario: str, n: int, batch_size: int = 64) -> dict[str, float | No
         return round(float(error[mask].mean()), 2) if mask.any() else None
 
     inside = error[present]
+    part, hidden = present & (observed > 0.01) & (observed <= 0.99), present & (observed <= 0.01)
     return {
         "in_scene_mean": round(float(inside.mean()), 2),
         "in_scene_median": round(float(inside.median()), 2),
         "in_scene_over_4px": round(float((inside > 4).float().mean()), 3),
         "out_of_scene_mean": mean(~present),
         "all_observed_mean": mean(present & (observed > 0.99)),
-        "part_observed_mean": mean(present & (observed > 0.01) & (observed <= 0.99)),
-        "none_observed_mean": mean(present & (observed <= 0.01)),
-        "frames_part_observed": round(float((present & (observed > 0.01) & (observed <= 0.99)).float().mean()), 3),
-        "frames_none_observed": round(float((present & (observed <= 0.01)).float().mean()), 3),
+        "part_observed_mean": mean(part),
+        "none_observed_mean": mean(hidden),
+        "frames_part_observed": round(float(part.float().mean()), 3),
+        "frames_none_observed": round(float(hidden.float().mean()), 3),
     }
 
 
