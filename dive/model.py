@@ -84,8 +84,10 @@ def forward_batch(module: nn.Module, batch: dict[str, Tensor], **kwargs) -> DIVE
     pictures and evaluate.py all come through here.
     """
     model = module
-    while not isinstance(model, DIVE):  # torch.compile's wrapper holds it as _orig_mod, DDP as module
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+    while not isinstance(model, DIVE):  # torch.compile's wrapper holds it as _orig_mod, DDP as module,
+        # dive.compile.CompiledModel as compiled
+        inner = next((getattr(model, name) for name in ("_orig_mod", "module", "compiled") if hasattr(model, name)),
+                     None)
         if inner is None:
             raise InputError(f"forward_batch needs a DIVE model or a wrapper of one, got {type(module).__name__}")
         model = inner

@@ -8,8 +8,9 @@ import torch
 from dive import config
 from dive.compile import COMPILE_MODES, compile_model, resolve_mode
 from dive.data import MovingMNIST
-from dive.elbo import elbo
 from dive.engine import build_model
+from dive.objective import batch_loss
+from dive.schedules import Schedule
 from dive.runtime import step_generator
 
 
@@ -26,21 +27,23 @@ def test_compile_modes():
 def test_compiled_training_pass_computes_the_eager_one():
     # The few-channel batch norm steps aside while compiling (inductor fuses torch's own) and the
     # space-to-depth conv and compose are traced as they are: the compiled graph must still give
-    # the eager values and gradients.
+    # the eager values and gradients. Both go through the training loop's own loss (batch_loss,
+    # which unwraps the compiled model for its diagnostic inputs), as `train.py --compile` does.
     torch.set_num_threads(2)
     cfg = config.load("configs/smoke.toml", [])
     batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(2)))
     model = build_model(cfg)
     compiled = compile_model(model)
     noise = model.sample_noise(2, "cpu", generator=step_generator(0, 0, 0, torch.device("cpu")))
+    sched = Schedule(step=0, lr=1e-3, kl_weight=1.0, temperature=0.5, gamma_app=0.0, gamma_imp=0.25,
+                     future_mask=False, blur=0.0, future_poses_only=False)
     results = []
     for step_model in (model, compiled):
         model.zero_grad()
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        out = step_model(batch["input"], temperature=0.5, gamma_imp=0.25, noise=noise, render_slots=False)
-        loss = elbo(out, batch, cfg.loss, check_values=False).loss
-        loss.backward()
-        results.append((loss.detach(), out.pred.detach(), [p.grad.clone() for p in model.parameters()]))
+        result = batch_loss(step_model, model, batch, cfg, sched, noise)
+        result.loss.backward()
+        results.append((result.loss.detach(), result.out.pred.detach(), [p.grad.clone() for p in model.parameters()]))
         model.load_state_dict(state)  # the batch-norm buffers as before the pass
     (loss_e, pred_e, grads_e), (loss_c, pred_c, grads_c) = results
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
