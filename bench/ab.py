@@ -5,10 +5,11 @@
 
 Each checkout's own ``bench/train_step.py`` builds the workers (its model,
 its step), so the comparison is of the code as each version has it. A
-throwaway worker is built first, and the checkouts' workers are built in the
-order given; run a comparison in both orders (a second call with the
-checkouts swapped) before trusting a difference of a few percent: on the
-2-core machines of docs/studies/speed-round-intel-xeon.md the first workers built in a run were
+throwaway worker is built first (none with ``--no-throwaway``, which only
+checks the script), and the checkouts' workers are built in the order given;
+run a comparison in both orders (a second call with the checkouts swapped)
+before trusting a difference of a few percent: on the 2-core machines of
+docs/studies/speed-round-intel-xeon.md the first workers built in a run were
 sometimes slower whatever their code. Rounds then ask every worker for one
 step in turn, the order rotated every round. Reported per (mode, batch):
 each checkout's median step, its ratio to the first checkout's, and its
@@ -56,6 +57,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--config", default="configs/s3.toml", help="config path inside each checkout (default configs/s3.toml)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per row instead of a table")
+    ap.add_argument("--no-throwaway", dest="throwaway", action="store_false",
+                    help="build no throwaway worker first (quicker; for checking the script, not for timings)")
     args = ap.parse_args(argv)
     checkouts = [parse_checkout(c) for c in args.checkouts]
     if len(checkouts) < 2:
@@ -66,7 +69,8 @@ def main(argv=None) -> None:
     modes = [m for m in args.modes.split(",") if m]
     batches = [int(b) for b in args.batch.split(",") if b]
 
-    throwaway = worker(*checkouts[0], modes[0], batches[0], args.warmup, args.threads, args.config)
+    throwaway = worker(*checkouts[0], modes[0], batches[0], args.warmup, args.threads, args.config) \
+        if args.throwaway else None
     workers = []
     for mode in modes:
         for batch in batches:
@@ -76,8 +80,9 @@ def main(argv=None) -> None:
     for r in range(args.rounds):
         for w in workers[r % len(workers):] + workers[:r % len(workers)]:
             w.times += w.ask("run 1")["times"]
-    throwaway.ask("quit")
-    throwaway.p.wait()
+    if throwaway is not None:
+        throwaway.ask("quit")
+        throwaway.p.wait()
 
     rows = []
     for w in workers:

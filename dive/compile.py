@@ -9,6 +9,11 @@
   graph turns any future break into an error instead of a silent slowdown.
   DistributedDataParallel compiles in pieces (its optimiser splits the graph
   at bucket boundaries), so a DDP-wrapped model is compiled without it.
+* The ink tracker of the tracking pose inference (dive/nn/tracker.py) stays
+  out of the graph (``torch.compiler.disable``): it has no parameters and
+  runs without gradients, and inductor's CPU code for it corrupts memory
+  (torch 2.14.1). A model with one is compiled in two graphs, before and
+  after it, without ``fullgraph``.
 * The schedule values (``temperature``, ``gamma_app``, ``gamma_imp``) reach
   the model as 0-d tensors. As Python floats Dynamo guards on their values,
   and the temperature changes at every step of its decay: each new value
@@ -25,6 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .nn.tracker import InkTracker
+
 SCHEDULE_ARGS = ("temperature", "gamma_app", "gamma_imp")
 
 
@@ -34,6 +41,7 @@ class CompiledModel(nn.Module):
     def __init__(self, model: nn.Module, **compile_kwargs):
         super().__init__()
         self.compiled = torch.compile(model, **compile_kwargs)
+        self.fullgraph = bool(compile_kwargs.get("fullgraph", False))
 
     def forward(self, input: Tensor, **kwargs):
         for name in SCHEDULE_ARGS:
@@ -65,11 +73,13 @@ def compile_model(model: nn.Module, *, fullgraph: bool | None = None, dynamic: b
                   mode: str | None = None) -> CompiledModel:
     """`model` compiled with the settings above; call the result as the model.
 
-    fullgraph: default True unless `model` is DistributedDataParallel.
+    fullgraph: default True unless `model` is DistributedDataParallel or holds an ink tracker
+    (the tracking pose inference), which runs eagerly between the compiled parts.
     dynamic, mode: passed on to torch.compile (defaults: shapes specialised
     until one changes; inductor's default mode).
     """
     torch._dynamo.config.allow_rnn = True
     if fullgraph is None:
-        fullgraph = not isinstance(model, nn.parallel.DistributedDataParallel)
+        fullgraph = not (isinstance(model, nn.parallel.DistributedDataParallel)
+                         or any(isinstance(m, InkTracker) for m in model.modules()))
     return CompiledModel(model, fullgraph=fullgraph, dynamic=dynamic, mode=mode)

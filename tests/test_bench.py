@@ -30,7 +30,7 @@ def test_train_step_bench_json():
 
 def test_ab_times_two_checkouts_against_each_other():
     cmd = [sys.executable, "bench/ab.py", "one=.", "two=.", "--json", "--config", "configs/smoke.toml", "--batch", "2",
-           "--rounds", "2", "--warmup", "0", "--modes", "eager", "--threads", "1"]
+           "--rounds", "2", "--warmup", "0", "--modes", "eager", "--threads", "1", "--no-throwaway"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr

@@ -30,7 +30,10 @@ def test_compiled_training_pass_computes_the_eager_one():
     # the eager values and gradients. Both go through the training loop's own loss (batch_loss,
     # which unwraps the compiled model for its diagnostic inputs), as `train.py --compile` does.
     torch.set_num_threads(2)
-    cfg = config.load("configs/smoke.toml", [])
+    # Three input frames and one future frame: every stage of the model, and the fewest unrolled LSTM
+    # steps (compiling takes minutes on a 2-core machine with a cold cache, roughly in proportion).
+    # No missing frames: s3's one needs t_in >= 6, and a frame's presence is data, not graph.
+    cfg = config.load("configs/smoke.toml", ["data.t_in=3", "data.t_out=1", "data.num_missing=0"])
     batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(2)))
     model = build_model(cfg)
     compiled = compile_model(model)
@@ -50,3 +53,18 @@ def test_compiled_training_pass_computes_the_eager_one():
     torch.testing.assert_close(pred_c, pred_e, rtol=1e-4, atol=1e-5)
     for a, b in zip(grads_c, grads_e):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_the_ink_tracker_stays_out_of_compiled_graphs():
+    # inductor's CPU code for the tracker corrupts memory (dive/compile.py): Dynamo must not trace it,
+    # and a model that holds one is compiled without fullgraph, around it.
+    from torch._dynamo.exc import Unsupported
+
+    from dive.nn.tracker import InkTracker
+
+    tracker = InkTracker(2, 64, 3.0)
+    with pytest.raises(Unsupported, match="torch.compiler.disable"):
+        torch.compile(lambda frames: tracker(frames).centres, fullgraph=True)(torch.rand(1, 3, 1, 64, 64))
+    track = build_model(config.load("configs/smoke.toml", ["model.pose_inference=track"]))
+    assert not compile_model(track).fullgraph
+    assert compile_model(build_model(config.load("configs/smoke.toml", []))).fullgraph

@@ -281,6 +281,10 @@ class InkTracker(nn.Module):
         frac = ((index - before) / (after - before).clamp(min=1)).unsqueeze(-1)
         return torch.where(inside.unsqueeze(-1), a + frac * (b - a), centres)
 
+    # Left out of torch.compile graphs (dive.compile): it has no parameters and no gradients, so
+    # nothing is lost, and inductor's CPU code for it corrupts memory (torch 2.14.1: "double free
+    # or corruption" within a few calls).
+    @torch.compiler.disable
     @torch.no_grad()
     def forward(self, frames: Tensor, centres: Tensor | None = None) -> Track:
         """Track the slots through frames (b t c h w).
