@@ -24,12 +24,13 @@ def _errors(model, batch) -> tuple[float, float]:
 
 def test_overfitting_one_s2_batch_halves_the_errors():
     torch.set_num_threads(2)
-    cfg = config.load("configs/s2.toml", ["train.steps=200"])
+    # 100 steps: the errors are at 0.46 / 0.38 of where they started (0.41 / 0.36 after 200)
+    cfg = config.load("configs/s2.toml", ["train.steps=100"])
     batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(8)))
     model = build_model(cfg)
     opt = build_optimizer(model, cfg)
     rec0, pred0 = _errors(model, batch)
-    for step in range(200):
+    for step in range(cfg.train.steps):
         s = schedules.at(step, cfg)
         noise = model.sample_noise(8, "cpu", generator=step_generator(0, step, 0, torch.device("cpu")))
         out = model(batch["input"], temperature=s.temperature, gamma_app=s.gamma_app, gamma_imp=s.gamma_imp,
