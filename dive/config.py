@@ -14,6 +14,7 @@ every checkpoint (`to_dict` / `from_dict`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import types
@@ -251,6 +252,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {annotation!r}")  # pragma: no cover
 
 
+@functools.cache  # resolving the string annotations is ~0.4 ms per call, once per key set
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
