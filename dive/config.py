@@ -252,7 +252,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {annotation!r}")  # pragma: no cover
 
 
-@functools.cache  # resolving the string annotations is ~0.4 ms per call, once per key set
+@functools.cache  # resolving the string annotations takes ~0.4 ms, and every key set asks
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

@@ -31,8 +31,8 @@ def test_compiled_training_pass_computes_the_eager_one():
     # which unwraps the compiled model for its diagnostic inputs), as `train.py --compile` does.
     torch.set_num_threads(2)
     # Three input frames and one future frame: every stage of the model, and the fewest unrolled LSTM
-    # steps (17 s against 25 s for smoke.toml's 8 frames with inductor's cache warm; a cold cache
-    # adds about 4 minutes on a 2-core machine).
+    # steps (17-20 s with inductor's cache warm, against 25 s for smoke.toml's 8 frames on another day;
+    # a cold cache adds about 4 minutes on a 2-core machine).
     # No missing frames: s3's one needs t_in >= 6, and a frame's presence is data, not graph.
     cfg = config.load("configs/smoke.toml", ["data.t_in=3", "data.t_out=1", "data.num_missing=0"])
     batch = MovingMNIST(config=cfg.data, split="train", seed=0).batch(list(range(2)))
