@@ -9,8 +9,8 @@ Train with time snapshots, then score every snapshot on the fixed test set:
 Snapshots already scored in an existing --out/curve.json (same run, minutes,
 step and number of sequences) are not scored again, so the script can be
 rerun while a run is still going. Writes curve.json (one record per snapshot: minutes, step, Rec/Pred MSE and
-BCE, presence F1, tracking error, MOTA and FG-ARI, and the copy-last baseline's MSE on the same
-sequences), curve.md (the same as a table, after each run's split time: its first
+BCE, presence F1, tracking error, the imputation error per missing digit, MOTA and FG-ARI, and the copy-last
+baseline's MSE on the same sequences), curve.md (the same as a table, after each run's split time: its first
 validation in val.jsonl with tracking below 4 px) and curve.png (MSE against
 minutes, with the published DIVE row and the copy-last baseline as horizontal lines and, for s2,
 the original implementation's points from the issue tracker: same machine, batch 16, its own 256
@@ -63,6 +63,8 @@ def score(path: Path, n: int, batch_size: int) -> dict:
         "rec_bce": m["rec"]["bce"], "pred_bce": m["pred"]["bce"], "missing_f1": m["missing"]["f1"],
         "tracking_input_px": m["tracking_px"]["input"], "tracking_future_px": m["tracking_px"]["future"],
         "num_sequences": m["num_sequences"],
+        # the imputed reconstruction's error in the box of each missing digit (None: none missing)
+        "imputation_mse": m["imputation"]["mse_per_missing_digit"],
         "copy_last_rec_mse": m["baselines"]["copy_last"]["rec"]["mse"],
         "copy_last_pred_mse": m["baselines"]["copy_last"]["pred"]["mse"],
         **{f"{key}_{part}": m["objects"][part][key] for part in ("input", "future") for key in ("mota", "fg_ari")
@@ -107,19 +109,20 @@ def table(runs: dict[str, list[dict]], splits: dict[str, dict | None] | None = N
     if lines:
         lines.append("")
     lines += ["| run | minutes | steps | Rec MSE | Pred MSE | Rec BCE | Pred BCE | presence F1 (missing) "
-             "| tracking px (input / future) | MOTA (input / future) | FG-ARI (input / future) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tracking px (input / future) | imputation MSE per missing digit | MOTA (input / future) "
+             "| FG-ARI (input / future) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, records in runs.items():
         for r in records:
             lines.append(f"| {name} | {r['minutes']:g} | {r['step']:,} | {r['rec_mse']:.1f} | {r['pred_mse']:.1f} | "
                          f"{r['rec_bce']:.0f} | {r['pred_bce']:.0f} | {r['missing_f1']:.2f} | "
                          f"{_px(r['tracking_input_px'])} / {_px(r['tracking_future_px'])} | "
-                         f"{_score(r.get('mota_input'))} / {_score(r.get('mota_future'))} | "
+                         f"{_px(r.get('imputation_mse'))} | {_score(r.get('mota_input'))} / {_score(r.get('mota_future'))} | "
                          f"{_score(r.get('fg_ari_input'))} / {_score(r.get('fg_ari_future'))} |")
     if any(r["scenario"] == "s2" for records in runs.values() for r in records):  # the original's points are s2
         for minutes, rec, pred, f1 in ORIGINAL:
             lines.append(f"| original (issue tracker, 256 other seqs) | {minutes} | - | {rec} | {pred} | - | - | "
-                         f"{f1} | - | - | - |")
+                         f"{f1} | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 

@@ -115,6 +115,10 @@ class ModelConfig:
     # Diagnostic only, never in a recipe: with pose_inference = "track", the tracked centres are
     # replaced by the digits' true centres from the batch (a ceiling for the tracker).
     diagnostic_true_positions: bool = False
+    # With pose_inference = "track": frames where the tracker does not see a slot's object, between
+    # two where it does, are filled in with the object bouncing off a wall where its motion turned
+    # across the gap (dive/nn/tracker.py, fill_gaps). False: linearly, as the shipped checkpoints.
+    tracker_bounce_gaps: bool = False
     # > 0: a learned per-slot offset of the initial pose, started with the slots spread on a
     # circle of this radius (raw translation units; 0.5 puts two slots ~25 px apart at
     # scale 3). 0 = none: every slot starts at the centre, as the original.
@@ -431,6 +435,9 @@ def validate(cfg: Config) -> Config:
         _require(m.pose_inference == "track" and d.dataset == "moving_mnist" and d.num_digits == m.n_slots,
                  "model.diagnostic_true_positions", True,
                  "only with model.pose_inference = \"track\" on Moving MNIST with data.num_digits = model.n_slots")
+    if m.tracker_bounce_gaps:
+        _require(m.pose_inference == "track", "model.tracker_bounce_gaps", True,
+                 'only with model.pose_inference = "track" (it is how the ink tracker fills gaps)')
     _require(len(m.scale_range) == 2 and m.scale_range[0] < m.scale_range[1], "model.scale_range", m.scale_range,
              "two numbers lo < hi (offsets of the clamp of s from model.scale_prior)")
     _require(m.scale_prior + m.scale_range[0] > 0, "model.scale_prior", m.scale_prior,
@@ -493,7 +500,8 @@ def validate(cfg: Config) -> Config:
 # (or resumed) under a config that agrees on them.
 ARCHITECTURE_KEYS = (
     [("model", f.name) for f in dataclasses.fields(ModelConfig)
-     if f.name not in ("straight_through", "pose_std_init", "app_std_init", "diagnostic_true_positions")]
+     if f.name not in ("straight_through", "pose_std_init", "app_std_init", "diagnostic_true_positions",
+                       "tracker_bounce_gaps")]
     + [("data", "image_size"), ("data", "channels"), ("data", "t_in"), ("data", "t_out")]
 )
 

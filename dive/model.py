@@ -111,7 +111,8 @@ class DIVE(nn.Module):
         if m.pose_inference == "track":
             self.pose = TrackingPoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
                                               image_size=d.image_size, use_imputation=m.use_imputation,
-                                              straight_through=m.straight_through)
+                                              straight_through=m.straight_through,
+                                              bounce_gaps=m.tracker_bounce_gaps)
         else:
             self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
                                       use_imputation=m.use_imputation, straight_through=m.straight_through,

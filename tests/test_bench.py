@@ -62,6 +62,8 @@ def test_learning_curve_scores_every_snapshot(tmp_path: Path, capsys):
     assert [r["minutes"] for r in records] == [0.000001, 0.000002]  # the 600-minute one was never reached
     assert records[0]["step"] <= records[1]["step"] and all(r["num_sequences"] == 4 for r in records)
     assert all(r["scenario"] == "s3" and r["copy_last_rec_mse"] > 0 for r in records)
+    # s3 drops one frame per digit, so 4 sequences have missing digits to score the imputation on
+    assert all(r["imputation_mse"] > 0 for r in records)
     assert (out / "curve.png").stat().st_size > 0 and "| run | minutes |" in (out / "curve.md").read_text()
     lines = learning_curve.reference_lines({"run": records})
     assert lines["published s3 Rec"] == ([0.0, 0.000002], [42.81, 42.81])
@@ -160,6 +162,19 @@ def test_the_benchmarks_step_is_the_training_loops(config):
         assert "term/track_future" in loop_logs  # the teacher term is in the benchmarked step
     for (name, a), b in zip(model.state_dict().items(), worker.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_tracker_speed_times_both_clips_of_a_step(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tracker_speed
+
+    assert tracker_speed.main(["--batch", "2", "--repeats", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["input"]["frames"] == 10 and r["teacher"]["frames"] == 13  # s2_track: 10 input, 3 + 10 future
+    assert all(0 < r[c]["q1_ms"] <= r[c]["median_ms"] <= r[c]["q3_ms"] for c in ("input", "teacher"))
+    with pytest.raises(SystemExit) as e:
+        tracker_speed.main(["--repeats", "0"])
+    assert e.value.code == 2
 
 
 def test_tracker_accuracy_splits_the_error_by_what_is_observed(capsys):

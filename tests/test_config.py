@@ -225,6 +225,12 @@ def test_diagnostic_true_positions_needs_the_tracker_and_one_slot_per_digit():
         load(overrides=["model.pose_inference=track", "model.diagnostic_true_positions=true", "model.n_slots=3"])
 
 
+def test_tracker_bounce_gaps_needs_the_tracker():
+    assert load(overrides=["model.pose_inference=track", "model.tracker_bounce_gaps=true"]).model.tracker_bounce_gaps
+    with pytest.raises(ConfigError, match="model.tracker_bounce_gaps"):
+        load(overrides=["model.tracker_bounce_gaps=true"])
+
+
 def test_boundary_values_accepted():
     load(overrides=["loss.presence_prior=0.999", "schedule.temperature_end=1e-3", "model.n_slots=1",
                     "schedule.gamma_app=1.0", "schedule.kl_warmup_steps=0", "train.grad_clip=0"])
@@ -332,10 +338,10 @@ def test_architecture_diff_reports_model_keys_only():
 
 def test_architecture_keys_cover_every_model_key_but_the_training_only_ones():
     model_keys = {k for s, k in ARCHITECTURE_KEYS if s == "model"}
-    # straight_through and the diagnostic switch change the forward pass only, the *_std_init keys
-    # the initial weights only
+    # straight_through, the diagnostic switch and the tracker's gap filling change the forward pass
+    # only, the *_std_init keys the initial weights only
     assert model_keys == set(VALID_KEYS["model"]) - {"straight_through", "pose_std_init", "app_std_init",
-                                                     "diagnostic_true_positions"}
+                                                     "diagnostic_true_positions", "tracker_bounce_gaps"}
     for section, key in ARCHITECTURE_KEYS:
         assert key in VALID_KEYS[section]
 

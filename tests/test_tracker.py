@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from dive.config import DataConfig, ModelConfig
+from dive.config import DataConfig, ModelConfig, load
 from dive.data import build_dataset
 from dive.errors import InputError
 from dive.slots import gather_slots, match_slots, pose_centres
 from dive.model import DIVE, forward_batch
 from dive.nn.stn import constrain_pose
 from dive.nn.pose_track import raw_translation, translation_centre
-from dive.nn.tracker import InkTracker
+from dive.nn.tracker import InkTracker, _crop, _sq_dist
 
 from test_model import check_shapes, simple_loss, video
 
@@ -61,6 +61,60 @@ def test_raw_translation_inverts_the_pose_constraint():
     torch.testing.assert_close(translation_centre(raw_translation(centres, scales), scales), centres, atol=1e-5, rtol=0)
 
 
+def test_crops_match_slices_of_the_zero_padded_image():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 12, 10, generator=g)
+    padded = torch.nn.functional.pad(images, (8, 8, 8, 8))
+    # centres inside, on the border and past every edge, as (x, y) pixel coordinates
+    centres = torch.tensor([[4.2, 5.7], [0.0, 0.0], [-3.4, 11.6], [9.5, -2.2], [12.0, 14.0], [6.0, 3.0]])
+    index = torch.tensor([0, 1, 2, 2, 1, 0])
+    for size in (4, 5):
+        crops, corner = _crop(images, centres, size, index)
+        assert crops.shape == (6, size, size) and corner.dtype == torch.long
+        for i in range(6):
+            x0, y0 = corner[i].tolist()
+            assert (x0, y0) == (round(centres[i, 0].item()) - size // 2, round(centres[i, 1].item()) - size // 2)
+            expected = padded[index[i], y0 + 8:y0 + 8 + size, x0 + 8:x0 + 8 + size]
+            assert torch.equal(crops[i], expected), (size, i)
+    # without an index, crop i comes from image i, and leading dims are kept
+    crops, corner = _crop(images[:2], centres[:2].reshape(2, 1, 2), 4)
+    assert crops.shape == (2, 1, 4, 4) and corner.shape == (2, 1, 2)
+    assert torch.equal(crops[1, 0], _crop(images, centres[1:2], 4, torch.tensor([1]))[0][0])
+
+
+def test_squared_distances_to_a_grid():
+    grid = torch.rand(7, 2)
+    centres = torch.randn(3, 2, 2)
+    expected = ((grid[None, None] - centres[:, :, None]) ** 2).sum(-1)
+    torch.testing.assert_close(_sq_dist(grid, centres), expected)
+
+
+def test_gaps_are_filled_linearly_or_with_a_bounce():
+    # x bounces off a wall at 10 inside the gap (frames 3 and 4), y moves steadily, slot 1 is seen
+    # throughout; unseen frames hold garbage the filling must replace
+    x = torch.tensor([0.0, 3.0, 6.0, 9.0, 8.0, 5.0, 2.0])
+    y = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    centres = torch.stack([torch.stack([x, y], -1), torch.stack([-x, y], -1)], dim=1)[None]  # (1 t k 2)
+    seen = torch.ones(1, 7, 2, dtype=torch.bool)
+    seen[0, 3:5, 0] = False
+    garbage = centres.clone()
+    garbage[0, 3:5, 0] = 99.0
+    linear = InkTracker.fill_gaps(garbage, seen)
+    bounced = InkTracker.fill_gaps(garbage, seen, bounce=True)
+    torch.testing.assert_close(bounced, centres)  # a mirror bounce is followed exactly
+    torch.testing.assert_close(linear[0, 3:5, 0, 0], torch.tensor([6 - 1 / 3, 6 - 2 / 3]))  # short of the wall
+    torch.testing.assert_close(linear[0, :, :, 1], centres[0, :, :, 1])  # steady motion: both exact
+    assert torch.equal(linear[0, :, 1], centres[0, :, 1]) and torch.equal(linear[0, :3], centres[0, :3])
+    # a gap next to the clip's first frame has no velocity into it: linear, with or without bounce
+    seen_early = torch.ones(1, 7, 2, dtype=torch.bool)
+    seen_early[0, 1:3, 0] = False
+    assert torch.equal(InkTracker.fill_gaps(garbage, seen_early, bounce=True), InkTracker.fill_gaps(garbage, seen_early))
+    # a gap that reaches the clip's end keeps its (coasted) centres
+    seen_end = torch.ones(1, 7, 2, dtype=torch.bool)
+    seen_end[0, 5:, 0] = False
+    assert torch.equal(InkTracker.fill_gaps(garbage, seen_end, bounce=True), garbage)
+
+
 def test_one_object_is_followed_and_coasts_through_a_gap():
     # a square moving right and down at constant velocity, out of scene in frames 4 and 5
     t = torch.arange(10, dtype=torch.float32)
@@ -103,6 +157,11 @@ def test_untrained_tracker_finds_the_digits_of_s2():
     for score in (track.share, track.match):  # both tell a slot whose digit is out of scene
         score = gather_slots(score, perm)
         assert score[visible].median() > 0.8 and score[~visible].median() < 0.2
+    # filling the gaps with bounces (model.tracker_bounce_gaps): 1.4 px out of scene here (1.55 on 512)
+    bounced = InkTracker(2, 64, 3.0, bounce_gaps=True)(batch["input"]).centres
+    error_b = (gather_slots(bounced, perm) - positions).norm(dim=-1) * 32
+    assert (error_b[visible] - error[visible]).abs().mean() < 0.01  # only what the tracker does not see moves
+    assert error_b[~visible].mean() < 0.7 * error[~visible].mean()
 
 
 def model_with_silent_heads(**model_kw) -> DIVE:
@@ -151,6 +210,12 @@ def test_true_centres_replace_the_tracked_ones():
     assert plain.diagnostic_inputs(batch) == {}
     with pytest.raises(InputError, match="tracking pose inference"):
         plain(batch["input"], true_centres=batch["positions"][:, :10])
+
+
+def test_the_model_tracker_fills_gaps_as_configured():
+    for bounce in (False, True):
+        cfg = load(overrides=["model.pose_inference=track", f"model.tracker_bounce_gaps={str(bounce).lower()}"])
+        assert DIVE(cfg.model, cfg.data).pose.tracker.bounce_gaps is bounce
 
 
 def test_the_tracker_has_no_parameters_and_no_gradient():
