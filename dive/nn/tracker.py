@@ -292,8 +292,8 @@ class InkTracker(nn.Module):
         the frame before the gap and the velocity out back from the frame after it, whichever is
         nearer the start side, a tent whose peak is the wall, wherever the wall is. Linear
         interpolation puts such an object near where it entered and left, up to half a gap's
-        travel short of the wall. Where a velocity is not known (a neighbour of the gap is
-        the clip's end or is not seen itself), linear.
+        travel short of the wall. Where a velocity is not known (the frame before the gap's
+        first seen neighbour, or after its last, is outside the clip or not seen), linear.
         """
         B, T, K, _ = centres.shape
         index = torch.arange(T, device=centres.device)[None, :, None].expand(B, T, K)
