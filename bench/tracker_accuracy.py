@@ -1,6 +1,6 @@
 """How far the ink tracker's centres are from the digits' true centres, before any training.
 
-    python bench/tracker_accuracy.py [--scenarios s1 s2 s3 none] [--n 512] [--bounce-gaps] [--json]
+    python bench/tracker_accuracy.py [--scenarios s1 s2 s3 none] [--n 512] [--bounce-gaps] [--motion-fit] [--json]
 
 On the first N sequences of each scenario's fixed test set, the untrained
 tracker (dive/nn/tracker.py) follows the digits through the input frames, its
@@ -29,11 +29,12 @@ from dive.nn.tracker import InkTracker  # noqa: E402
 from dive.slots import gather_slots, match_slots  # noqa: E402
 
 
-def measure(scenario: str, n: int, batch_size: int = 64, bounce_gaps: bool = False) -> dict[str, float | None]:
+def measure(scenario: str, n: int, batch_size: int = 64, bounce_gaps: bool = False,
+            motion_fit: bool = False) -> dict[str, float | None]:
     ds = build_dataset(DataConfig(scenario=scenario, test_size=n), "test")
     cfg = ds.cfg
     tracker = InkTracker(cfg.num_digits, cfg.image_size, ModelConfig().scale_prior,  # every Moving MNIST config's
-                         bounce_gaps=bounce_gaps)
+                         bounce_gaps=bounce_gaps, walls=1 - cfg.digit_size / cfg.image_size if motion_fit else None)
     errors, present, observed = [], [], []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
@@ -75,11 +76,13 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=512, help="test sequences per scenario (default: 512)")
     p.add_argument("--bounce-gaps", action="store_true",
                    help="fill the gaps with a bounce where the motion turned (model.tracker_bounce_gaps)")
+    p.add_argument("--motion-fit", action="store_true",
+                   help="frames no gap fill reaches take the fitted motion with bounces (model.tracker_motion_fit)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error(f"--n must be at least 1, got {args.n}")
-    rows = {s: measure(s, args.n, bounce_gaps=args.bounce_gaps) for s in args.scenarios}
+    rows = {s: measure(s, args.n, bounce_gaps=args.bounce_gaps, motion_fit=args.motion_fit) for s in args.scenarios}
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

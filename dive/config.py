@@ -119,6 +119,11 @@ class ModelConfig:
     # two where it does, are filled in with the object bouncing off a wall where its motion turned
     # across the gap (dive/nn/tracker.py, fill_gaps). False: linearly, as the shipped checkpoints.
     tracker_bounce_gaps: bool = False
+    # With pose_inference = "track", on Moving MNIST: frames where the tracker does not see a slot's
+    # object and no gap fill reaches (a clip's ends, a digit in s1's hidden half) take the straight
+    # motion, bouncing off the walls as the digits do, that best fits the frames where it is seen
+    # (dive/nn/tracker.py, fit_motion). False: the tracker's own (coasted) centres there.
+    tracker_motion_fit: bool = False
     # > 0: a learned per-slot offset of the initial pose, started with the slots spread on a
     # circle of this radius (raw translation units; 0.5 puts two slots ~25 px apart at
     # scale 3). 0 = none: every slot starts at the centre, as the original.
@@ -438,6 +443,9 @@ def validate(cfg: Config) -> Config:
     if m.tracker_bounce_gaps:
         _require(m.pose_inference == "track", "model.tracker_bounce_gaps", True,
                  'only with model.pose_inference = "track" (it is how the ink tracker fills gaps)')
+    if m.tracker_motion_fit:
+        _require(m.pose_inference == "track" and d.dataset == "moving_mnist", "model.tracker_motion_fit", True,
+                 'only with model.pose_inference = "track" on Moving MNIST (it fits how the digits bounce)')
     _require(len(m.scale_range) == 2 and m.scale_range[0] < m.scale_range[1], "model.scale_range", m.scale_range,
              "two numbers lo < hi (offsets of the clamp of s from model.scale_prior)")
     _require(m.scale_prior + m.scale_range[0] > 0, "model.scale_prior", m.scale_prior,
@@ -501,7 +509,7 @@ def validate(cfg: Config) -> Config:
 ARCHITECTURE_KEYS = (
     [("model", f.name) for f in dataclasses.fields(ModelConfig)
      if f.name not in ("straight_through", "pose_std_init", "app_std_init", "diagnostic_true_positions",
-                       "tracker_bounce_gaps")]
+                       "tracker_bounce_gaps", "tracker_motion_fit")]
     + [("data", "image_size"), ("data", "channels"), ("data", "t_in"), ("data", "t_out")]
 )
 

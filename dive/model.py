@@ -112,7 +112,8 @@ class DIVE(nn.Module):
             self.pose = TrackingPoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
                                               image_size=d.image_size, use_imputation=m.use_imputation,
                                               straight_through=m.straight_through,
-                                              bounce_gaps=m.tracker_bounce_gaps)
+                                              bounce_gaps=m.tracker_bounce_gaps,
+                                              walls=1 - d.digit_size / d.image_size if m.tracker_motion_fit else None)
         else:
             self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
                                       use_imputation=m.use_imputation, straight_through=m.straight_through,

@@ -231,6 +231,14 @@ def test_tracker_bounce_gaps_needs_the_tracker():
         load(overrides=["model.tracker_bounce_gaps=true"])
 
 
+def test_tracker_motion_fit_needs_the_tracker_on_moving_mnist():
+    assert load(overrides=["model.pose_inference=track", "model.tracker_motion_fit=true"]).model.tracker_motion_fit
+    with pytest.raises(ConfigError, match="model.tracker_motion_fit"):
+        load(overrides=["model.tracker_motion_fit=true"])
+    with pytest.raises(ConfigError, match="model.tracker_motion_fit"):
+        load(overrides=["model.pose_inference=track", "model.tracker_motion_fit=true", "data.dataset=videos"])
+
+
 def test_boundary_values_accepted():
     load(overrides=["loss.presence_prior=0.999", "schedule.temperature_end=1e-3", "model.n_slots=1",
                     "schedule.gamma_app=1.0", "schedule.kl_warmup_steps=0", "train.grad_clip=0"])
@@ -341,7 +349,8 @@ def test_architecture_keys_cover_every_model_key_but_the_training_only_ones():
     # straight_through, the diagnostic switch and the tracker's gap filling change the forward pass
     # only, the *_std_init keys the initial weights only
     assert model_keys == set(VALID_KEYS["model"]) - {"straight_through", "pose_std_init", "app_std_init",
-                                                     "diagnostic_true_positions", "tracker_bounce_gaps"}
+                                                     "diagnostic_true_positions", "tracker_bounce_gaps",
+                                                     "tracker_motion_fit"}
     for section, key in ARCHITECTURE_KEYS:
         assert key in VALID_KEYS[section]
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from einops import rearrange
 
 from dive.config import DataConfig, ModelConfig, load
 from dive.data import build_dataset
@@ -10,7 +11,8 @@ from dive.slots import gather_slots, match_slots, pose_centres
 from dive.model import DIVE, forward_batch
 from dive.nn.stn import constrain_pose
 from dive.nn.pose_track import raw_translation, translation_centre
-from dive.nn.tracker import InkTracker, _crop, _sq_dist
+from dive.data.moving_mnist import bounce_trajectories
+from dive.nn.tracker import InkTracker, _crop, _sq_dist, bounce_paths
 
 from test_model import check_shapes, simple_loss, video
 
@@ -119,6 +121,45 @@ def test_gaps_are_filled_linearly_or_with_a_bounce():
     assert torch.equal(InkTracker.fill_gaps(garbage, seen_end, bounce=True), garbage)
 
 
+WALLS = 1 - 28 / 64  # centres of 28-pixel digits in 64-pixel frames
+
+
+def test_bounce_paths_move_as_the_moving_mnist_digits():
+    torch.manual_seed(0)
+    start, velocity = torch.rand(50, 2) * 0.8 + 0.1, (torch.rand(50, 2) - 0.5) * 0.3
+    truth = bounce_trajectories(start, velocity, 20)  # (n t 2) in [0, 1], bouncing at 0 and 1
+    assert ((truth == 0) | (truth == 1)).any()  # some bounce
+    # the data's frame 0 has moved one step from `start`: that step bounces for none of these
+    assert ((start + velocity > 0) & (start + velocity < 1)).all()
+    paths = bounce_paths((2 * truth[:, 0] - 1).flatten() * WALLS, velocity.flatten() * 2 * WALLS, 20, WALLS)
+    torch.testing.assert_close(paths, rearrange(2 * truth - 1, "n t xy -> t (n xy)") * WALLS)
+
+
+def test_the_motion_fit_finds_a_bounce_it_does_not_see():
+    # x bounces off the right wall at frame 5, y off the top wall at frame 3; frames 3-6 are not seen
+    start, velocity = torch.tensor([0.12, -0.3]), torch.tensor([0.09, -0.1])
+    truth = rearrange(bounce_paths(start, velocity, 10, WALLS), "t xy -> 1 t 1 xy")
+    assert truth[0, 5, 0, 0] == WALLS and truth[0, 3, 0, 1] == -WALLS
+    weight = torch.ones(1, 10, 1)
+    weight[0, 3:7] = 0
+    garbage = truth.clone()
+    garbage[0, 3:7] = 0.9
+    fitted, total = InkTracker.fit_motion(garbage, weight, WALLS)
+    assert total.item() == 6
+    assert (fitted - truth).abs().max() < 0.01  # within the grid's spacing (0.3 px at 64 px)
+    linear = InkTracker.fill_gaps(garbage, weight > 0)
+    assert (linear - truth).abs().max() > 0.1  # the corner a straight line cuts
+    # extrapolated: the frames after the clip, bounces included
+    future, _ = InkTracker.fit_motion(garbage, weight, WALLS, frames=20)
+    torch.testing.assert_close(future[:, :10], fitted)
+    assert (future - rearrange(bounce_paths(start, velocity, 20, WALLS), "t xy -> 1 t 1 xy")).abs().max() < 0.02
+    # one frame seen: the slowest fit, standing where it was seen
+    one = torch.zeros(1, 10, 1)
+    one[0, 2] = 1
+    still, _ = InkTracker.fit_motion(garbage, one, WALLS)
+    assert (still - truth[:, 2:3]).abs().max() < 0.01
+
+
 def test_one_object_is_followed_and_coasts_through_a_gap():
     # a square moving right and down at constant velocity, out of scene in frames 4 and 5
     t = torch.arange(10, dtype=torch.float32)
@@ -220,6 +261,9 @@ def test_the_model_tracker_fills_gaps_as_configured():
     for bounce in (False, True):
         cfg = load(overrides=["model.pose_inference=track", f"model.tracker_bounce_gaps={str(bounce).lower()}"])
         assert DIVE(cfg.model, cfg.data).pose.tracker.bounce_gaps is bounce
+    for fit, walls in (("false", None), ("true", WALLS)):
+        cfg = load(overrides=["model.pose_inference=track", f"model.tracker_motion_fit={fit}"])
+        assert DIVE(cfg.model, cfg.data).pose.tracker.walls == walls
 
 
 def test_the_tracker_has_no_parameters_and_no_gradient():

@@ -75,13 +75,13 @@ def translation_centre(raw: Tensor, scale: Tensor) -> Tensor:
 class TrackingPoseInference(PoseStages):
     def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float, *,
                  image_size: int, use_imputation: bool = True, straight_through: bool = False,
-                 bounce_gaps: bool = False):
+                 bounce_gaps: bool = False, walls: float | None = None):
         # The imputation LSTM also reads the track features; the prediction LSTM also reads the
         # centre its own increments have reached, and its motion.
         super().__init__(feat_dim, hidden, n_slots, t_out, scale_prior, use_imputation=use_imputation,
                          straight_through=straight_through, impute_inputs=TRACK_FEATURES, rollout_inputs=4)
         self.scale_prior = scale_prior
-        self.tracker = InkTracker(n_slots, image_size, scale_prior, bounce_gaps)
+        self.tracker = InkTracker(n_slots, image_size, scale_prior, bounce_gaps, walls)
         self.presence_track = nn.Linear(2, 1)
         self.future_mu = nn.Linear(hidden, POSE_DIM)
         dcgan_init_(self.future_mu)
