@@ -79,7 +79,6 @@ _COARSE, _FINE = 16, 64  # map sizes (pixels) of the search and of the template 
 # The motion fit's grid: starting centres across the walls, velocities (normalised units per frame)
 # within +-_FIT_SPEED; a Moving MNIST digit moves at most 0.17 per frame at the default step length.
 _FIT_CENTRES, _FIT_VELOCITIES, _FIT_SPEED = 128, 129, 0.25
-_FIT_TIE = 1e-4  # a penalty on speed, small against any residual: one seen frame fits a standing object
 _EPS = 1e-6
 
 
@@ -336,8 +335,9 @@ class InkTracker(nn.Module):
 
         Each coordinate on its own (a Moving MNIST digit's x and y move independently), by weighted
         least squares over every start and velocity of a grid (start 0.28 px apart at 64 px, velocity
-        0.12 px per frame); among equal fits (one weighted frame) the slowest. Where the total
-        weight is 0 the fit means nothing; the caller keeps its own centres there.
+        0.12 px per frame). With one weighted frame no velocity is known: the object stands where
+        it was seen. Where the total weight is 0 the fit means nothing; the caller keeps its own
+        centres there.
         """
         B, T, K, _ = centres.shape
         frames = T if frames is None else frames
@@ -350,9 +350,10 @@ class InkTracker(nn.Module):
         # sum_t w (path - c)^2, less sum_t w c^2 (the same for every candidate)
         cost = (w @ paths[:T].square()).unsqueeze(1) - 2 * (w.unsqueeze(1) * c) @ paths[:T]  # ((b k) xy n)
         total = w.sum(-1)  # ((b k))
-        cost = cost + _FIT_TIE * total[:, None, None] * speed.square()
         best = cost.argmin(dim=-1)  # ((b k) xy)
         fitted = paths[:frames].T[best]  # ((b k) xy frames)
+        still = ((w > 0).sum(-1) < 2)[:, None, None]  # one frame (or none): no velocity
+        fitted = torch.where(still, (w.unsqueeze(1) * c).sum(-1, keepdim=True) / (total[:, None, None] + _EPS), fitted)
         return (rearrange(fitted, "(b k) xy t -> b t k xy", b=B), rearrange(total, "(b k) -> b k", b=B))
 
     # Left out of torch.compile graphs (dive.compile): it has no parameters and no gradients, so
