@@ -119,10 +119,10 @@ class ModelConfig:
     # two where it does, are filled in with the object bouncing off a wall where its motion turned
     # across the gap (dive/nn/tracker.py, fill_gaps). False: linearly, as the shipped checkpoints.
     tracker_bounce_gaps: bool = False
-    # With pose_inference = "track", on Moving MNIST: frames where the tracker does not see a slot's
-    # object and no gap fill reaches (a clip's ends, a digit in s1's hidden half) take the straight
-    # motion, bouncing off the walls as the digits do, that best fits the frames where it is seen
-    # (dive/nn/tracker.py, fit_motion). False: the tracker's own (coasted) centres there.
+    # With pose_inference = "track", on Moving MNIST: the tracker's centres on every frame become the
+    # straight motion, bouncing off the walls as the digits do, that best fits the frames where it
+    # sees the slot's object (dive/nn/tracker.py, fit_motion): it places digits out of scene or in
+    # s1's hidden half, and smooths the template's noise. False: the tracked and gap-filled centres.
     tracker_motion_fit: bool = False
     # > 0: a learned per-slot offset of the initial pose, started with the slots spread on a
     # circle of this radius (raw translation units; 0.5 puts two slots ~25 px apart at

@@ -39,11 +39,11 @@ map of up to 64 x 64 for the template matching.
    template match below 0.6) is interpolated linearly between the nearest
    frames where it is seen or, with ``bounce_gaps``, with a bounce off a
    wall where the object's motion turned across the gap (fill_gaps);
-6. motion fit (with ``walls``, Moving MNIST only): the frames where a slot's
-   object is not seen and no gap fill reached (a clip's ends, a digit in a
-   hidden half of the frame) take the straight motion, bouncing off the
-   walls as the digits do, that best fits the frames where it is seen
-   (fit_motion).
+6. motion fit (with ``walls``, Moving MNIST only): every frame takes the
+   straight motion, bouncing off the walls as the digits do, that best fits
+   the frames where the slot's object is seen (fit_motion). It places a
+   digit where it is not seen (gaps, a clip's ends, s1's hidden half) and
+   smooths the template's noise where it is.
 
 The ink share (ink claimed at t over the most at any frame) and the
 template match are returned too: both tell a slot whose object is missing.
@@ -377,15 +377,10 @@ class InkTracker(nn.Module):
             matched, match = self.match_templates(fine, centres, share)
             if not given:
                 centres = centres + self.trust(share, torch.ones_like(share)).unsqueeze(-1) * (matched - centres)
-                seen = _seen(share, match)
-                filled = self.fill_gaps(centres, seen, self.bounce_gaps)
-                if self.walls is not None:
-                    # the frames no gap fill reached: the motion fit, where it has seen frames to fit
+                centres = self.fill_gaps(centres, _seen(share, match), self.bounce_gaps)
+                if self.walls is not None:  # where a slot's object is seen at all
                     fitted, total = self.fit_motion(centres, _fit_weight(share, match), self.walls)
-                    _, before, after = _bracket(seen)
-                    open_ = ~seen & ((before < 0) | (after >= seen.shape[1])) & (total > _EPS).unsqueeze(1)
-                    filled = torch.where(open_.unsqueeze(-1), fitted, filled)
-                centres = filled
+                    centres = torch.where((total > _EPS)[:, None, :, None], fitted, centres)
         return Track(centres=centres, share=share, match=match)
 
 
