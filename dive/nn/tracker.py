@@ -379,7 +379,7 @@ class InkTracker(nn.Module):
                 centres = centres + self.trust(share, torch.ones_like(share)).unsqueeze(-1) * (matched - centres)
                 centres = self.fill_gaps(centres, _seen(share, match), self.bounce_gaps)
                 if self.walls is not None:  # where a slot's object is seen at all
-                    fitted, total = self.fit_motion(centres, _fit_weight(share, match), self.walls)
+                    fitted, total = self.fit_motion(centres, fit_weight(share, match), self.walls)
                     centres = torch.where((total > _EPS)[:, None, :, None], fitted, centres)
         return Track(centres=centres, share=share, match=match)
 
@@ -394,7 +394,7 @@ def _bracket(seen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return index, before, after
 
 
-def _fit_weight(share: Tensor, match: Tensor) -> Tensor:
+def fit_weight(share: Tensor, match: Tensor) -> Tensor:
     """(b t k) weight of a frame in the motion fit: 0 where the slot's object is not seen, rising to 1
     where all of its ink and template are, squared so that frames seen in part count little (their
     centroid is pulled towards the part that is seen)."""
