@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--bounce-gaps", action="store_true",
                    help="fill the gaps with a bounce where the motion turned (model.tracker_bounce_gaps)")
     p.add_argument("--motion-fit", action="store_true",
-                   help="frames no gap fill reaches take the fitted motion with bounces (model.tracker_motion_fit)")
+                   help="every frame takes the straight path with bounces fitted to the frames where the digit "
+                        "is seen (model.tracker_motion_fit)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     if args.n < 1:
