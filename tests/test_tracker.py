@@ -149,6 +149,8 @@ def test_the_motion_fit_finds_a_bounce_it_does_not_see():
     assert (fitted - truth).abs().max() < 0.01  # within the grid's spacing (0.3 px at 64 px)
     linear = InkTracker.fill_gaps(garbage, weight > 0)
     assert (linear - truth).abs().max() > 0.1  # the corner a straight line cuts
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the sums stay float32
+        torch.testing.assert_close(InkTracker.fit_motion(garbage, weight, WALLS)[0], fitted)
     # extrapolated: the frames after the clip, bounces included
     future, _ = InkTracker.fit_motion(garbage, weight, WALLS, frames=20)
     torch.testing.assert_close(future[:, :10], fitted)

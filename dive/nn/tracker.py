@@ -328,6 +328,8 @@ class InkTracker(nn.Module):
         return torch.where(inside.unsqueeze(-1), filled, centres)
 
     @staticmethod
+    @torch.compiler.disable  # as forward: no parameters, no gradients; kept out of compiled graphs
+    @torch.no_grad()
     def fit_motion(centres: Tensor, weight: Tensor, walls: float, frames: int | None = None) -> tuple[Tensor, Tensor]:
         """The straight motion bouncing off walls at +-walls (bounce_paths) that best fits centres
         (b t k 2), frame t weighted by weight (b t k) >= 0: its centres (b frames k 2) on the first
@@ -347,8 +349,9 @@ class InkTracker(nn.Module):
         paths = bounce_paths(start, speed, max(frames, T), walls)  # (frames n)
         w = rearrange(weight.float(), "b t k -> (b k) t")
         c = rearrange(centres.float(), "b t k xy -> (b k) xy t")
-        # sum_t w (path - c)^2, less sum_t w c^2 (the same for every candidate)
-        cost = (w @ paths[:T].square()).unsqueeze(1) - 2 * (w.unsqueeze(1) * c) @ paths[:T]  # ((b k) xy n)
+        with torch.autocast(device_type=centres.device.type, enabled=False):  # float32 sums, also under AMP
+            # sum_t w (path - c)^2, less sum_t w c^2 (the same for every candidate)
+            cost = (w @ paths[:T].square()).unsqueeze(1) - 2 * (w.unsqueeze(1) * c) @ paths[:T]  # ((b k) xy n)
         total = w.sum(-1)  # ((b k))
         best = cost.argmin(dim=-1)  # ((b k) xy)
         fitted = paths[:frames].T[best]  # ((b k) xy frames)
