@@ -9,7 +9,9 @@ slots are matched to the digits as evaluation matches them
 to its slot's is reported: on the frames where the digit is in scene (mean,
 median, share above 4 px), where it is out of scene, and by how much of the
 digit's ink is observed (all, part, none: rows are hidden in s1), with the
-share of the frames in each of the last two classes.
+share of the frames in each of the last two classes. With --motion-fit also
+how far the fitted path, continued over the future frames, is from the digits
+there (what model.tracker_future_fit starts the future poses from).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dive.config import DataConfig, ModelConfig  # noqa: E402
 from dive.data import build_dataset  # noqa: E402
-from dive.nn.tracker import InkTracker  # noqa: E402
+from dive.nn.tracker import InkTracker, fit_weight  # noqa: E402
 from dive.slots import gather_slots, match_slots  # noqa: E402
 
 
@@ -35,7 +37,7 @@ def measure(scenario: str, n: int, batch_size: int = 64, bounce_gaps: bool = Fal
     cfg = ds.cfg
     tracker = InkTracker(cfg.num_digits, cfg.image_size, ModelConfig().scale_prior,  # every Moving MNIST config's
                          bounce_gaps=bounce_gaps, walls=1 - cfg.digit_size / cfg.image_size if motion_fit else None)
-    errors, present, observed = [], [], []
+    errors, present, observed, future = [], [], [], []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         batch = ds.batch(idx)
@@ -44,6 +46,11 @@ def measure(scenario: str, n: int, batch_size: int = 64, bounce_gaps: bool = Fal
         positions, labels = batch["positions"][:, :t_in], batch["present"]
         perm = match_slots(track.centres, positions, weights=labels)
         errors.append((gather_slots(track.centres, perm) - positions).norm(dim=-1) * cfg.image_size / 2)
+        if motion_fit:
+            ahead = batch["positions"].shape[1]
+            path, _ = tracker.fit_motion(track.centres, fit_weight(track.share, track.match), tracker.walls, ahead)
+            future.append((gather_slots(path[:, t_in:], perm) - batch["positions"][:, t_in:]).norm(dim=-1)
+                          * cfg.image_size / 2)
         present.append(labels > 0.5)
         ink = ds.digit_layers(idx)[:, :t_in]  # (b t k h w)
         seen = batch["visible"].mean(1)[:, None, None]  # (b 1 1 h w)
@@ -55,7 +62,7 @@ def measure(scenario: str, n: int, batch_size: int = 64, bounce_gaps: bool = Fal
 
     inside = error[present]
     part, hidden = present & (observed > 0.01) & (observed <= 0.99), present & (observed <= 0.01)
-    return {
+    rows = {
         "in_scene_mean": round(float(inside.mean()), 2),
         "in_scene_median": round(float(inside.median()), 2),
         "in_scene_over_4px": round(float((inside > 4).float().mean()), 3),
@@ -66,6 +73,11 @@ def measure(scenario: str, n: int, batch_size: int = 64, bounce_gaps: bool = Fal
         "frames_part_observed": round(float(part.float().mean()), 3),
         "frames_none_observed": round(float(hidden.float().mean()), 3),
     }
+    if motion_fit:
+        ahead = torch.cat(future)
+        rows.update(future_fit_mean=round(float(ahead.mean()), 2), future_fit_median=round(float(ahead.median()), 2),
+                    future_fit_over_4px=round(float((ahead > 4).float().mean()), 3))
+    return rows
 
 
 def main(argv=None) -> int:

@@ -124,6 +124,11 @@ class ModelConfig:
     # sees the slot's object (dive/nn/tracker.py, fit_motion): it places digits out of scene or in
     # s1's hidden half, and smooths the template's noise. False: the tracked and gap-filled centres.
     tracker_motion_fit: bool = False
+    # With tracker_motion_fit: the future poses start from the motion fitted to the input frames,
+    # continued over the future frames (bounces included), and the prediction LSTM's translation
+    # increments are corrections to its steps (dive/nn/pose_track.py, rollout_tracked). A weights
+    # key: a checkpoint's LSTM learned one meaning of its increments or the other.
+    tracker_future_fit: bool = False
     # > 0: a learned per-slot offset of the initial pose, started with the slots spread on a
     # circle of this radius (raw translation units; 0.5 puts two slots ~25 px apart at
     # scale 3). 0 = none: every slot starts at the centre, as the original.
@@ -443,6 +448,9 @@ def validate(cfg: Config) -> Config:
     if m.tracker_bounce_gaps:
         _require(m.pose_inference == "track", "model.tracker_bounce_gaps", True,
                  'only with model.pose_inference = "track" (it is how the ink tracker fills gaps)')
+    if m.tracker_future_fit:
+        _require(m.tracker_motion_fit, "model.tracker_future_fit", True,
+                 "only with model.tracker_motion_fit = true (it continues the tracker's motion fit)")
     if m.tracker_motion_fit:
         _require(m.pose_inference == "track" and d.dataset == "moving_mnist", "model.tracker_motion_fit", True,
                  'only with model.pose_inference = "track" on Moving MNIST (it fits how the digits bounce)')

@@ -113,7 +113,8 @@ class DIVE(nn.Module):
                                               image_size=d.image_size, use_imputation=m.use_imputation,
                                               straight_through=m.straight_through,
                                               bounce_gaps=m.tracker_bounce_gaps,
-                                              walls=1 - d.digit_size / d.image_size if m.tracker_motion_fit else None)
+                                              walls=1 - d.digit_size / d.image_size if m.tracker_motion_fit else None,
+                                              future_fit=m.tracker_future_fit)
         else:
             self.pose = PoseInference(m.feat_dim, m.hidden, m.n_slots, d.t_out, m.scale_prior,
                                       use_imputation=m.use_imputation, straight_through=m.straight_through,

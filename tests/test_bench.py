@@ -189,5 +189,10 @@ def test_tracker_accuracy_splits_the_error_by_what_is_observed(capsys):
     for row in (s1, s2):
         assert 0 < row["in_scene_median"] and 0 <= row["in_scene_over_4px"] <= 1
     assert s2["in_scene_mean"] < s1["in_scene_mean"]  # a hidden half costs the tracker its digits
+    assert "future_fit_mean" not in s2
+    assert tracker_accuracy.main(["--scenarios", "s2", "--n", "8", "--json", "--motion-fit"]) == 0
+    fit = json.loads(capsys.readouterr().out)["s2"]
+    assert fit["out_of_scene_mean"] < s2["out_of_scene_mean"]
+    assert 0 < fit["future_fit_median"] < 4 and fit["future_fit_mean"] > 0 and 0 <= fit["future_fit_over_4px"] <= 1
     with pytest.raises(SystemExit):
         tracker_accuracy.main(["--n", "0"])

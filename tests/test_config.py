@@ -237,6 +237,10 @@ def test_tracker_motion_fit_needs_the_tracker_on_moving_mnist():
         load(overrides=["model.tracker_motion_fit=true"])
     with pytest.raises(ConfigError, match="model.tracker_motion_fit"):
         load(overrides=["model.pose_inference=track", "model.tracker_motion_fit=true", "data.dataset=videos"])
+    assert load(overrides=["model.pose_inference=track", "model.tracker_motion_fit=true",
+                           "model.tracker_future_fit=true"]).model.tracker_future_fit
+    with pytest.raises(ConfigError, match="model.tracker_future_fit"):
+        load(overrides=["model.pose_inference=track", "model.tracker_future_fit=true"])
 
 
 def test_boundary_values_accepted():

@@ -12,7 +12,7 @@ from dive.model import DIVE, forward_batch
 from dive.nn.stn import constrain_pose
 from dive.nn.pose_track import raw_translation, translation_centre
 from dive.data.moving_mnist import bounce_trajectories
-from dive.nn.tracker import InkTracker, _crop, _sq_dist, bounce_paths
+from dive.nn.tracker import InkTracker, _crop, _sq_dist, bounce_paths, fit_weight
 
 from test_model import check_shapes, simple_loss, video
 
@@ -258,6 +258,23 @@ def test_poses_follow_the_tracker_on_the_input_frames(scale):
     track = model.pose.tracker(x)
     torch.testing.assert_close(pose_centres(out.pose[:, :10]), track.centres, atol=1e-4, rtol=0)
     assert (out.pose[:, :10, :, 0] - scale).abs().max() < 1e-5
+
+
+def test_future_poses_follow_the_motion_fit_with_silent_heads():
+    # model.tracker_future_fit: with the prediction head silent too, the future centres are the
+    # motion fitted to the input frames, continued
+    model = model_with_silent_heads(tracker_motion_fit=True, tracker_future_fit=True)
+    with torch.no_grad():
+        model.pose.future_mu.weight.zero_()
+        model.pose.future_mu.bias.zero_()
+    x = build_dataset(DataConfig(scenario="s2", test_size=4), "test").batch([0, 1, 2, 3])["input"]
+    out = model(x)
+    track = model.pose.tracker(x)
+    fitted, _ = InkTracker.fit_motion(track.centres, fit_weight(track.share, track.match), WALLS, frames=20)
+    torch.testing.assert_close(pose_centres(out.pose[:, 10:]), fitted[:, 10:], atol=1e-4, rtol=0)
+    assert (pose_centres(out.pose[:, 10:]).diff(dim=1).abs() > 0.01).any()  # they move
+    with pytest.raises(ValueError, match="tracker_motion_fit"):
+        model_with_silent_heads(tracker_future_fit=True)
 
 
 def test_true_centres_replace_the_tracked_ones():

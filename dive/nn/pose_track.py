@@ -44,7 +44,7 @@ from ..distributions import hard_decision
 from .init import dcgan_init_
 from .pose import POSE_DIM, PosePosterior, PoseStages, positive_scale
 from .stn import _S_MARGIN
-from .tracker import InkTracker
+from .tracker import InkTracker, fit_weight
 
 _VELOCITY_GAIN = 4.0  # the LSTM reads 4 x velocity: per-frame motion is ~0.2 normalised units
 # starting presence term: GAIN * (mean of ink share and template match - AT)
@@ -75,13 +75,16 @@ def translation_centre(raw: Tensor, scale: Tensor) -> Tensor:
 class TrackingPoseInference(PoseStages):
     def __init__(self, feat_dim: int, hidden: int, n_slots: int, t_out: int, scale_prior: float, *,
                  image_size: int, use_imputation: bool = True, straight_through: bool = False,
-                 bounce_gaps: bool = False, walls: float | None = None):
+                 bounce_gaps: bool = False, walls: float | None = None, future_fit: bool = False):
         # The imputation LSTM also reads the track features; the prediction LSTM also reads the
         # centre its own increments have reached, and its motion.
         super().__init__(feat_dim, hidden, n_slots, t_out, scale_prior, use_imputation=use_imputation,
                          straight_through=straight_through, impute_inputs=TRACK_FEATURES, rollout_inputs=4)
         self.scale_prior = scale_prior
         self.tracker = InkTracker(n_slots, image_size, scale_prior, bounce_gaps, walls)
+        if future_fit and walls is None:
+            raise ValueError("future_fit needs the tracker's walls (model.tracker_motion_fit)")
+        self.future_fit = future_fit
         self.presence_track = nn.Linear(2, 1)
         self.future_mu = nn.Linear(hidden, POSE_DIM)
         dcgan_init_(self.future_mu)
@@ -90,24 +93,32 @@ class TrackingPoseInference(PoseStages):
             self.presence_track.bias.fill_(-_PRESENCE_GAIN * _PRESENCE_AT)
 
     def rollout_tracked(self, state: tuple[Tensor, Tensor], centre: Tensor, velocity: Tensor,
-                        scale: Tensor) -> tuple[list[Tensor], Tensor]:
+                        scale: Tensor, guide: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """The prediction LSTM, fed back where its own increments have moved the slot.
 
         state: the imputation LSTM's final state (((b k) h) each); centre, velocity (b k 2): the
         slot's last tracked centre and motion; scale (b k): its posterior mean scale there. Returns
         the outputs, t_out x ((b k) h), and the increment means (b t_out k 3). Knowing its position,
         the LSTM has a simple function to learn where an object bounces off a wall.
+
+        guide (b t_out k 2): centres the future increments start from (the tracker's motion fit,
+        extrapolated); the LSTM's translation increments are then corrections to the guide's steps.
         """
         B = centre.shape[0]
         h, c = state
         s = rearrange(scale, "b k -> (b k)")
         position, motion = (rearrange(x, "b k xy -> (b k) xy").float() for x in (centre, velocity))
         raw = raw_translation(position, s)
+        base = raw  # where the guide was at the previous frame (first: the last tracked centre)
         outputs, means = [], []
-        for _ in range(self.t_out):
+        for t in range(self.t_out):
             h, c = self.predict_cell(torch.cat([h, position.to(h.dtype), _VELOCITY_GAIN * motion.to(h.dtype)], -1),
                                      (h, c))
             mu = self.future_mu(h)  # ((b k) 3)
+            if guide is not None:
+                target = raw_translation(rearrange(guide[:, t], "b k xy -> (b k) xy").float(), s)
+                mu = torch.cat([mu[:, :1].float(), mu[:, 1:].float() + target - base], dim=-1)
+                base = target
             raw = raw + mu[:, 1:].float()
             reached = translation_centre(raw, s)
             position, motion = reached, reached - position
@@ -144,7 +155,13 @@ class TrackingPoseInference(PoseStages):
         raw = raw_translation(centres, scale)  # (b t_in k 2)
         steps = F.pad(raw.diff(dim=1), (1, 0, 0, 0, 1, 0))  # (b t_in k 3): scale unchanged, none at frame 0
 
-        future, future_mu = self.rollout_tracked(state, centres[:, -1], velocity[:, -1], scale[:, -1])
+        guide = None
+        if self.future_fit:  # the straight motion with bounces that fits the input frames, continued
+            fitted, total = self.tracker.fit_motion(centres, fit_weight(track.share, track.match),
+                                                    self.tracker.walls, frames=T_in + self.t_out)
+            # a slot whose object is never seen has no fit: its guide stands at its last centre
+            guide = torch.where((total > 1e-6)[:, None, :, None], fitted[:, T_in:], centres[:, -1:])
+        future, future_mu = self.rollout_tracked(state, centres[:, -1], velocity[:, -1], scale[:, -1], guide)
         hidden = torch.cat([hidden_in, rearrange(torch.stack(future), "t (b k) h -> b t k h", b=B)], dim=1)
         return PosePosterior(
             encoding=e,
