@@ -44,7 +44,7 @@ from ..distributions import hard_decision
 from .init import dcgan_init_
 from .pose import POSE_DIM, PosePosterior, PoseStages, positive_scale
 from .stn import _S_MARGIN
-from .tracker import InkTracker, fit_weight
+from .tracker import InkTracker
 
 _VELOCITY_GAIN = 4.0  # the LSTM reads 4 x velocity: per-frame motion is ~0.2 normalised units
 # starting presence term: GAIN * (mean of ink share and template match - AT)
@@ -135,7 +135,7 @@ class TrackingPoseInference(PoseStages):
         only, the true centres replace the tracked ones.
         """
         B, T_in = feats.shape[:2]
-        track = self.tracker(frames, true_centres)
+        track = self.tracker(frames, true_centres, ahead=self.t_out if self.future_fit else 0)
         centres, seen = track.centres, torch.stack([track.share, track.match], dim=-1)  # (b t k 2), (b t k 2)
         velocity = centres.diff(dim=1, prepend=centres[:, :1])  # (b t k 2), 0 at frame 0
 
@@ -155,13 +155,8 @@ class TrackingPoseInference(PoseStages):
         raw = raw_translation(centres, scale)  # (b t_in k 2)
         steps = F.pad(raw.diff(dim=1), (1, 0, 0, 0, 1, 0))  # (b t_in k 3): scale unchanged, none at frame 0
 
-        guide = None
-        if self.future_fit:  # the straight motion with bounces that fits the input frames, continued
-            fitted, total = self.tracker.fit_motion(centres, fit_weight(track.share, track.match),
-                                                    self.tracker.walls, frames=T_in + self.t_out)
-            # a slot whose object is never seen has no fit: its guide stands at its last centre
-            guide = torch.where((total > 1e-6)[:, None, :, None], fitted[:, T_in:], centres[:, -1:])
-        future, future_mu = self.rollout_tracked(state, centres[:, -1], velocity[:, -1], scale[:, -1], guide)
+        # with future_fit: the straight motion with bounces that fits the input frames, continued
+        future, future_mu = self.rollout_tracked(state, centres[:, -1], velocity[:, -1], scale[:, -1], track.ahead)
         hidden = torch.cat([hidden_in, rearrange(torch.stack(future), "t (b k) h -> b t k h", b=B)], dim=1)
         return PosePosterior(
             encoding=e,

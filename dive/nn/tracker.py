@@ -89,6 +89,9 @@ class Track:
     centres: Tensor  # (b t k 2) normalised (x, y)
     share: Tensor  # (b t k) ink a slot claims at frame t over its most at any frame, in [0, 1]
     match: Tensor  # (b t k) how well the slot's template matches frame t (normalised cross-correlation)
+    # (b ahead k 2): the motion fit continued over the frames after the clip (forward's `ahead`);
+    # a slot whose object is never seen stands at its last centre
+    ahead: Tensor | None = None
 
     def seen(self) -> Tensor:
         """(b t k) bool: where the slot's digit is seen (the mean of ink share and template match > 0.6)."""
@@ -305,8 +308,10 @@ class InkTracker(nn.Module):
         travel short of the wall. Where a velocity is not known (the frame before the gap's
         first seen neighbour, or after its last, is outside the clip or not seen), linear.
         """
-        T = centres.shape[1]
-        index, before, after = _bracket(seen)
+        B, T, K, _ = centres.shape
+        index = torch.arange(T, device=centres.device)[None, :, None].expand(B, T, K)
+        before = torch.where(seen, index, -1).cummax(dim=1).values
+        after = torch.where(seen, index, T).flip(1).cummin(dim=1).values.flip(1)
         inside = (before >= 0) & (after < T) & ~seen
 
         def at(frames: Tensor) -> Tensor:  # centres (b t k 2) at frame indices (b t k), clamped into the clip
@@ -364,11 +369,12 @@ class InkTracker(nn.Module):
     # or corruption" within a few calls).
     @torch.compiler.disable
     @torch.no_grad()
-    def forward(self, frames: Tensor, centres: Tensor | None = None) -> Track:
+    def forward(self, frames: Tensor, centres: Tensor | None = None, ahead: int = 0) -> Track:
         """Track the slots through frames (b t c h w).
 
         centres (b t k 2): given centres (a diagnostic oracle) instead of tracked ones; the ink
-        share and the template match are measured at them. Always float32, also under autocast.
+        share and the template match are measured at them. ahead > 0 (with walls): also the motion
+        fit continued over that many frames after the clip. Always float32, also under autocast.
         """
         with torch.autocast(device_type=frames.device.type, enabled=False):
             frames = frames.float()
@@ -381,20 +387,16 @@ class InkTracker(nn.Module):
             if not given:
                 centres = centres + self.trust(share, torch.ones_like(share)).unsqueeze(-1) * (matched - centres)
                 centres = self.fill_gaps(centres, _seen(share, match), self.bounce_gaps)
-                if self.walls is not None:  # where a slot's object is seen at all
-                    fitted, total = self.fit_motion(centres, fit_weight(share, match), self.walls)
-                    centres = torch.where((total > _EPS)[:, None, :, None], fitted, centres)
-        return Track(centres=centres, share=share, match=match)
-
-
-def _bracket(seen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """seen (b t k) bool -> each frame's index, the nearest seen frame at or before it (-1: none)
-    and at or after it (t: none), all (b t k)."""
-    B, T, K = seen.shape
-    index = torch.arange(T, device=seen.device)[None, :, None].expand(B, T, K)
-    before = torch.where(seen, index, -1).cummax(dim=1).values
-    after = torch.where(seen, index, T).flip(1).cummin(dim=1).values.flip(1)
-    return index, before, after
+            path = None
+            if self.walls is not None and (ahead or not given):
+                T = centres.shape[1]
+                fitted, total = self.fit_motion(centres, fit_weight(share, match), self.walls, T + ahead)
+                found = (total > _EPS)[:, None, :, None]  # where a slot's object is seen at all
+                if not given:
+                    centres = torch.where(found, fitted[:, :T], centres)
+                if ahead:
+                    path = torch.where(found, fitted[:, T:], centres[:, -1:])
+        return Track(centres=centres, share=share, match=match, ahead=path)
 
 
 def fit_weight(share: Tensor, match: Tensor) -> Tensor:
